@@ -1,0 +1,398 @@
+"""Run configuration: typed dataclasses, merged from defaults, a file and ``--set`` overrides.
+
+Every error names the field (``train.epochs: expected an integer, got 'ten'``) and is a
+:class:`ssl_zoo.errors.ConfigError`, so the CLI prints it as one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ssl_zoo.data.views import CropGroup, ViewSpec
+from ssl_zoo.errors import ConfigError, suggest
+
+OPTIMIZERS = ("sgd", "lars", "adam", "adamw")
+AMP_MODES = ("auto", "off", "bf16", "fp16")
+
+
+@dataclass
+class TrainConfig:
+    """Trainer settings shared by every method."""
+
+    epochs: int = 10
+    """Passes over the training set."""
+    batch_size: int = 128
+    """Images per optimiser step on each process (global batch = batch_size x processes)."""
+    optimizer: str = "adam"
+    """One of sgd, lars, adam, adamw (Adam learns fastest at small scale on CPU)."""
+    lr_per_256: float = 2e-3
+    """Peak learning rate for a global batch of 256; scaled linearly with the global batch."""
+    weight_decay: float = 1e-6
+    """Weight decay; never applied to batch-norm parameters and biases."""
+    momentum: float = 0.9
+    """SGD / LARS momentum (Adam beta1 is 0.9 regardless)."""
+    lars_eta: float = 0.001
+    """LARS trust coefficient (You et al. 2017)."""
+    warmup_epochs: float = 1.0
+    """Linear warm-up from 0 to the peak rate, then cosine decay, set per iteration."""
+    final_lr_ratio: float = 0.0
+    """Learning rate at the end of the cosine, as a fraction of the peak."""
+    amp: str = "auto"
+    """Mixed precision: auto (bf16 on CUDA, off on CPU), off, bf16, fp16 (CUDA only)."""
+    seed: int = 0
+    """Seeds data order, augmentations and initialisation; a seeded CPU run is repeatable."""
+    device: str = "auto"
+    """auto (cuda when present), cpu, cuda, cuda:N."""
+    num_workers: int = 2
+    """Loader worker processes for image folders (in-memory sources need none)."""
+    log_every_iters: int = 10
+    """Write a metrics.jsonl line every this many iterations."""
+    checkpoint_every_iters: int = 0
+    """Also checkpoint every this many iterations (0: at epoch ends only)."""
+    eval_every_epochs: int = 0
+    """kNN evaluation every this many epochs during training (0: only at the end)."""
+    skip_nonfinite: int = 0
+    """Skip up to this many steps with a non-finite loss before stopping (0: stop at once)."""
+    sync_bn: bool = False
+    """Convert batch norm to SyncBatchNorm when distributed."""
+    max_steps: int = 0
+    """Stop after this many optimiser steps (0: no limit); for smoke tests."""
+
+
+@dataclass
+class EvalConfig:
+    """What runs at the end of training (and in ``ssl-zoo eval``)."""
+
+    enabled: bool = True
+    """Evaluate at the end of training."""
+    knn: bool = True
+    """Weighted kNN, both protocols (k=20, T=0.07 and k=200, T=0.1)."""
+    linear: bool = True
+    """Linear probe on frozen features."""
+    clustering: bool = True
+    """k-means on test features: NMI, ARI, purity."""
+    pictures: bool = True
+    """t-SNE map and cluster contact sheets as PNG."""
+    baseline: bool = True
+    """Also evaluate the same backbone at random initialisation (once per backbone/data)."""
+    batch_size: int = 256
+    """Images per forward pass when extracting features."""
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a run; written to ``RUN_DIR/config.json`` before training."""
+
+    method: str = "swav"
+    dataset: str = "demo"
+    backbone: str = "convnet"
+    backbone_stem: str = "auto"
+    """auto (CIFAR stem for images <= 64 px), imagenet or cifar (ResNets only)."""
+    image_size: int = 0
+    """Working image size for folder sources (0: the source's own or 64)."""
+    data_root: str = ""
+    download: bool = False
+    skip_bad_images: bool = False
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    method_config: dict[str, Any] = field(default_factory=dict)
+    """Fields of the method's own Config dataclass (validated against it)."""
+    views: dict[str, Any] | None = None
+    """A view spec overriding the method's default (groups of crops + normalisation)."""
+
+
+# --------------------------------------------------------------------------------------------
+# conversion between dataclasses and plain data
+# --------------------------------------------------------------------------------------------
+def to_dict(obj: Any) -> Any:
+    """Plain JSON-able data (dicts, lists, numbers, strings) from nested dataclasses."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def _type_name(tp: Any) -> str:
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """``value`` checked and converted to the annotated type ``tp``; ConfigError otherwise."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping of fields, got {value!r}")
+        return from_dict(tp, value, where)
+    if origin in (list, tuple):
+        if isinstance(value, str):
+            value = [v for v in value.replace("(", "").replace(")", "").split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
+            return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        inner = args[0] if args else Any
+        items = [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0",
+                                                         "no", "off"):
+            return value.lower() in ("true", "1", "yes", "on")
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.replace("_", ""))
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            out = float(value)
+        else:
+            try:
+                out = float(str(value))
+            except ValueError:
+                raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+        if not math.isfinite(out):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+        return out
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    if isinstance(value, tp):
+        return value
+    raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+
+
+def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
+    """An instance of dataclass ``cls`` from ``data``; unknown keys and bad types are errors."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else key
+        if key not in names:
+            raise ConfigError(suggest(key, names, f"config field{' in ' + where if where else ''}"))
+        kwargs[key] = _coerce(value, hints[key], path)
+    return cls(**kwargs)
+
+
+def _parse_scalar(text: str) -> Any:
+    """A ``--set`` value: JSON when it parses (numbers, true, lists), else the raw string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """A YAML or JSON config file as a dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    text = path.read_text()
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as exc:  # yaml.YAMLError, json.JSONDecodeError
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"{path}: not valid {path.suffix.lstrip('.') or 'JSON'}: {first}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config fields at the top level")
+    return data
+
+
+_SECTION_ALIASES = {"method": "method_config"}
+
+
+def apply_override(data: dict[str, Any], assignment: str, method_fields: set[str]) -> None:
+    """Apply one ``key=value`` to the plain config dict ``data`` (in place).
+
+    Keys are dotted paths (``train.epochs``, ``method.num_prototypes``, ``views.groups.1.count``)
+    or bare field names, which are looked up in the top level, then ``train``, ``eval`` and the
+    method's config; a bare name found in more than one place must be qualified.
+    """
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment!r}: expected key=value")
+    key, _, raw = assignment.partition("=")
+    key = key.strip()
+    value = _parse_scalar(raw.strip())
+    parts = key.split(".")
+    if parts[0] == "method" and len(parts) > 1:
+        parts[0] = "method_config"
+    if len(parts) == 1:
+        homes = []
+        top = {f.name for f in dataclasses.fields(RunConfig)} - {"train", "eval", "method_config",
+                                                                 "views"}
+        if key in top:
+            homes.append([key])
+        for section, cls in (("train", TrainConfig), ("eval", EvalConfig)):
+            if key in {f.name for f in dataclasses.fields(cls)}:
+                homes.append([section, key])
+        if key in method_fields:
+            homes.append(["method_config", key])
+        if not homes:
+            every = top | {f.name for f in dataclasses.fields(TrainConfig)} | method_fields
+            raise ConfigError(f"--set: {suggest(key, every, 'config field')}")
+        if len(homes) > 1:
+            options = ", ".join(".".join(h).replace("method_config", "method") for h in homes)
+            raise ConfigError(f"--set {key}: ambiguous, write one of {options}")
+        parts = homes[0]
+    node: Any = data
+    for i, part in enumerate(parts[:-1]):
+        nxt_is_index = parts[i + 1].isdigit()
+        if isinstance(node, list):
+            idx = int(part) if part.isdigit() else -1
+            if not 0 <= idx < len(node):
+                raise ConfigError(f"--set {key}: index {part} out of range")
+            node = node[idx]
+            continue
+        if node.get(part) is None:
+            node[part] = [] if nxt_is_index else {}
+        node = node[part]
+    last = parts[-1]
+    if isinstance(node, list):
+        idx = int(last) if last.isdigit() else -1
+        if not 0 <= idx < len(node):
+            raise ConfigError(f"--set {key}: index {last} out of range")
+        node[idx] = value
+    else:
+        node[last] = value
+
+
+def build_run_config(base: dict[str, Any], sets: list[str], method_fields_of) -> RunConfig:
+    """Merge a file's dict with ``--set`` overrides into a validated :class:`RunConfig`.
+
+    ``method_fields_of(name)`` returns the set of config field names of method ``name``.
+    """
+    data = json.loads(json.dumps(base))  # deep copy of plain data
+    method_name = data.get("method", RunConfig.method)
+    for s in sets:
+        if s.startswith("method="):
+            method_name = _parse_scalar(s.partition("=")[2])
+    fields = method_fields_of(str(method_name))
+    for s in sets:
+        apply_override(data, s, fields)
+    return from_dict(RunConfig, data)
+
+
+def validate_run_config(cfg: RunConfig) -> None:
+    """Impossible values of the framework's own fields, each as a one-line ConfigError."""
+    t = cfg.train
+    checks = [
+        (t.epochs >= 1, "train.epochs must be >= 1"),
+        (t.batch_size >= 1, "train.batch_size must be >= 1"),
+        (t.lr_per_256 > 0, "train.lr_per_256 must be > 0"),
+        (t.weight_decay >= 0, "train.weight_decay must be >= 0"),
+        (0 <= t.momentum < 1, "train.momentum must be in [0, 1)"),
+        (t.warmup_epochs >= 0, "train.warmup_epochs must be >= 0"),
+        (t.warmup_epochs <= t.epochs, "train.warmup_epochs must not exceed train.epochs"),
+        (0 <= t.final_lr_ratio <= 1, "train.final_lr_ratio must be in [0, 1]"),
+        (t.num_workers >= 0, "train.num_workers must be >= 0"),
+        (t.log_every_iters >= 1, "train.log_every_iters must be >= 1"),
+        (t.checkpoint_every_iters >= 0, "train.checkpoint_every_iters must be >= 0"),
+        (t.eval_every_epochs >= 0, "train.eval_every_epochs must be >= 0"),
+        (t.skip_nonfinite >= 0, "train.skip_nonfinite must be >= 0"),
+        (t.max_steps >= 0, "train.max_steps must be >= 0"),
+        (cfg.image_size >= 0, "image_size must be >= 0"),
+        (cfg.eval.batch_size >= 1, "eval.batch_size must be >= 1"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ConfigError(msg)
+    if t.optimizer not in OPTIMIZERS:
+        raise ConfigError("train.optimizer: " + suggest(t.optimizer, OPTIMIZERS, "optimizer"))
+    if t.amp not in AMP_MODES:
+        raise ConfigError("train.amp: " + suggest(t.amp, AMP_MODES, "mode"))
+    if cfg.backbone_stem not in ("auto", "imagenet", "cifar"):
+        raise ConfigError("backbone_stem must be auto, imagenet or cifar")
+
+
+def view_spec_from_dict(data: dict[str, Any]) -> ViewSpec:
+    """A ViewSpec from plain data, validated field by field (``views.groups.0.size`` ...)."""
+    data = dict(data)
+    groups = data.pop("groups", None)
+    spec = from_dict(ViewSpec, data, "views")
+    if groups is not None:
+        if not isinstance(groups, list) or not groups:
+            raise ConfigError("views.groups: expected a non-empty list of crop groups")
+        spec.groups = [from_dict(CropGroup, g, f"views.groups.{i}") for i, g in enumerate(groups)]
+    return spec
+
+
+def validate_view_spec(spec: ViewSpec, image_size: int) -> None:
+    """Crop sizes and ranges that cannot work, as one-line errors."""
+    for i, g in enumerate(spec.groups):
+        where = f"views.groups.{i}"
+        if g.count < 1:
+            raise ConfigError(f"{where}.count must be >= 1")
+        if g.size < 1:
+            raise ConfigError(f"{where}.size must be >= 1")
+        if g.size > image_size:
+            raise ConfigError(
+                f"{where}.size: crop size {g.size} px is larger than the {image_size}-px images; "
+                f"use at most {image_size} (or a larger --set image_size for folder sources)"
+            )
+        lo, hi = g.scale
+        if not 0 < lo <= hi <= 1:
+            raise ConfigError(f"{where}.scale must satisfy 0 < min <= max <= 1, got {g.scale}")
+        if not 0 < g.ratio[0] <= g.ratio[1]:
+            raise ConfigError(f"{where}.ratio must satisfy 0 < min <= max, got {g.ratio}")
+        for name in ("flip_p", "jitter_p", "grayscale_p", "blur_p", "solarize_p"):
+            p = getattr(g, name)
+            if not 0 <= p <= 1:
+                raise ConfigError(f"{where}.{name} must be a probability in [0, 1], got {p}")
+    if any(s <= 0 for s in spec.std):
+        raise ConfigError("views.std must be positive")

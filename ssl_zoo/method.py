@@ -1,0 +1,137 @@
+"""The plug-in contract between the trainer and a self-supervised method (see DESIGN.md).
+
+A method is an ``nn.Module`` subclass of :class:`Method`. It owns its heads, prototypes, queues and
+momentum encoders, computes one step's loss from a list of augmented views, and may react to a few
+trainer events through hooks. It never sees the optimiser, the data loader or the training loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ssl_zoo.data.views import Views, ViewSpec
+
+
+@dataclass
+class StepOutput:
+    """One training step's result: the scalar loss to back-propagate and metrics to log."""
+
+    loss: torch.Tensor
+    metrics: dict[str, float | torch.Tensor] = field(default_factory=dict)
+    # Tensors worth saving in a debug dump when the loss turns non-finite (e.g. SwAV's scores).
+    debug: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class MethodConfig:
+    """Base of every method's typed config; subclasses add documented fields with defaults."""
+
+    def validate(self, image_size: int, batch_size: int, dataset_size: int) -> None:
+        """Raise :class:`ssl_zoo.errors.ConfigError` for impossible values (e.g. K vs batch)."""
+
+
+@dataclass
+class TrainContext:
+    """What the trainer tells hooks: position in the run and access to the training data.
+
+    ``eval_batches()`` yields ``(images, index)`` over the whole training set (this rank's shard
+    when distributed) as normalised evaluation views (no randomness), for methods such as PCL
+    that look at the dataset between epochs.
+    """
+
+    epoch: int = 0
+    step: int = 0  # optimiser steps done so far (global iteration counter)
+    steps_per_epoch: int = 1
+    total_steps: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    rank: int = 0
+    world_size: int = 1
+    dataset_size: int = 0
+    eval_batches: Any = None  # Callable[[], Iterator[tuple[Tensor, Tensor]]]
+
+    @property
+    def epochs(self) -> int:
+        return max(1, self.total_steps // max(1, self.steps_per_epoch))
+
+
+class Method(nn.Module):
+    """Base class of all methods.
+
+    Subclasses set ``name``, ``description`` and ``Config`` (a :class:`MethodConfig` dataclass),
+    implement :meth:`default_views` and :meth:`forward`, and may override the hooks. Extra state
+    (queues, counters, cluster assignments) must be registered buffers so that ``state_dict``
+    carries it and a resumed run continues exactly.
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+
+    def __init__(self, backbone: nn.Module, feature_dim: int, config: MethodConfig | None = None):
+        super().__init__()
+        self.backbone = backbone
+        self.feature_dim = feature_dim
+        self.config = config if config is not None else self.Config()
+
+    # --- what every method provides -----------------------------------------------------------
+    @classmethod
+    def default_views(cls, config: MethodConfig, image_size: int) -> ViewSpec:
+        """The crops this method trains on by default, for images of ``image_size`` pixels."""
+        raise NotImplementedError
+
+    def forward(self, views: Views) -> StepOutput:  # pragma: no cover - abstract
+        """One training step's loss from the augmented views (crops in view-spec order)."""
+        raise NotImplementedError
+
+    # --- shared helpers -----------------------------------------------------------------------
+    def encode_views(self, views: Views, encoder: nn.Module | None = None) -> list[torch.Tensor]:
+        """Backbone features of every crop, one forward per resolution group (DESIGN: views).
+
+        Returns a list with one (B, D) tensor per crop, in view-spec order.
+        """
+        encoder = self.backbone if encoder is None else encoder
+        out: list[torch.Tensor] = []
+        for group, count in zip(views.groups, views.counts):
+            feats = encoder(group)
+            out.extend(feats.chunk(count, dim=0))
+        return out
+
+    def trainable_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """Named parameters the optimiser updates (momentum copies excluded)."""
+        for name, p in self.named_parameters():
+            if p.requires_grad:
+                yield name, p
+
+    # --- hooks (no-op defaults) ---------------------------------------------------------------
+    def on_train_start(self, ctx: TrainContext) -> None:
+        """Called once before the first step (also after a resume).
+
+        The trainer passes the same :class:`TrainContext` object to every hook and updates its
+        ``epoch`` and ``step`` in place before every iteration, so a method may keep a reference
+        (e.g. ``self._ctx = ctx``) and read the current epoch inside ``forward``.
+        """
+
+    def on_epoch_start(self, ctx: TrainContext) -> None:
+        """Called at the start of each epoch (PCL clusters the dataset here).
+
+        Not called again when a run resumes in the middle of an epoch: whatever this hook
+        computes must live in buffers (``state_dict``) so the resumed run continues exactly.
+        """
+
+    def before_optimizer_step(self, ctx: TrainContext) -> None:
+        """Called after backward, before the optimiser step (SwAV drops frozen gradients)."""
+
+    def after_optimizer_step(self, ctx: TrainContext) -> None:
+        """Called after the optimiser step (SwAV re-normalises prototypes; MoCo momentum)."""
+
+    # --- config helpers -----------------------------------------------------------------------
+    @classmethod
+    def config_fields(cls) -> dict[str, dataclasses.Field]:
+        return {f.name: f for f in dataclasses.fields(cls.Config)}

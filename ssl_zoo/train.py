@@ -1,0 +1,469 @@
+"""The trainer: one loop for every method (DESIGN.md, "Data flow").
+
+source -> uint8 batches -> device -> views (batched augmentation) -> ``Method.forward`` -> loss ->
+backward -> hooks -> optimiser -> metrics.jsonl, progress bar, atomic checkpoints -> evaluation.
+
+Determinism: every iteration reseeds torch's generators from (seed, iteration, rank), and the
+data order depends only on (seed, epoch). A run resumed from any checkpoint therefore replays the
+same augmentations and batches as an uninterrupted one, and a seeded CPU run is bit-identical.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ssl_zoo import registry
+from ssl_zoo.backbones import build_backbone
+from ssl_zoo.checkpoint import load_latest_checkpoint, save_checkpoint
+from ssl_zoo.config import (
+    RunConfig,
+    to_dict,
+    validate_run_config,
+    validate_view_spec,
+    view_spec_from_dict,
+)
+from ssl_zoo.data.loader import BatchLoader
+from ssl_zoo.data.sources import DataSplits, open_source
+from ssl_zoo.data.views import ViewSpec, Views, eval_view, make_views
+from ssl_zoo.errors import ConfigError, UserError
+from ssl_zoo.method import Method, TrainContext
+from ssl_zoo.modules import distributed as D
+from ssl_zoo.optim import build_optimizer, warmup_cosine
+
+
+class TrainingStopped(UserError):
+    """Training stopped on purpose (non-finite loss); the message says where and what was kept."""
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    steps: int
+    epochs_done: int
+    final_loss: float
+    images_per_s: float
+    wall_s: float
+    peak_memory_mb: float
+    eval: dict[str, Any] | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------
+# setup helpers
+# --------------------------------------------------------------------------------------------
+def init_distributed(device_pref: str) -> tuple[int, int, torch.device]:
+    """Join the process group torchrun describes in the environment (gloo on CPU, NCCL on CUDA)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(device_pref, local_rank)
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend=backend)
+    return D.get_rank(), D.get_world_size(), device
+
+
+def resolve_device(pref: str, local_rank: int = 0) -> torch.device:
+    if pref == "auto":
+        pref = "cuda" if torch.cuda.is_available() else "cpu"
+    if pref.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError("train.device: CUDA was asked for but no GPU is available")
+        if pref == "cuda":
+            return torch.device("cuda", local_rank % torch.cuda.device_count())
+    try:
+        return torch.device(pref)
+    except RuntimeError:
+        raise ConfigError(f"train.device: unknown device {pref!r}") from None
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """A well-mixed 63-bit seed for one iteration of one rank."""
+    state = np.random.SeedSequence([seed, step, rank]).generate_state(2, dtype=np.uint32)
+    return int(state[0]) << 31 ^ int(state[1])
+
+
+def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
+    if mode == "off" or device.type != "cuda":
+        if mode in ("bf16", "fp16") and device.type != "cuda":
+            return None  # mixed precision is a CUDA feature here; CPU runs in float32
+        return None
+    if mode == "fp16":
+        return torch.float16
+    return torch.bfloat16  # auto and bf16
+
+
+def open_data(cfg: RunConfig) -> DataSplits:
+    return open_source(cfg.dataset, data_root=cfg.data_root or None, download=cfg.download,
+                       image_size=cfg.image_size or None, skip_bad_images=cfg.skip_bad_images)
+
+
+def build_method(cfg: RunConfig, image_size: int) -> tuple[Method, ViewSpec]:
+    """The method (with its backbone) and the view spec the run trains on."""
+    cls = registry.get_method(cfg.method)
+    from ssl_zoo.config import from_dict
+
+    mcfg = from_dict(cls.Config, cfg.method_config, "method")
+    backbone, dim = build_backbone(cfg.backbone, stem=cfg.backbone_stem, image_size=image_size)
+    method = cls(backbone, dim, mcfg)
+    spec = view_spec_from_dict(cfg.views) if cfg.views else cls.default_views(mcfg, image_size)
+    validate_view_spec(spec, image_size)
+    return method, spec
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, torch.Tensor):
+        v = v.detach().float().item() if v.numel() == 1 else v.detach().cpu().tolist()
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    return v
+
+
+# --------------------------------------------------------------------------------------------
+# the trainer
+# --------------------------------------------------------------------------------------------
+class Trainer:
+    """Trains one method on one dataset as ``RunConfig`` says, writing into ``run_dir``."""
+
+    def __init__(self, cfg: RunConfig, run_dir: str | Path, *, resume: bool = False,
+                 console=None, show_progress: bool = True):
+        validate_run_config(cfg)
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.resume = resume
+        self.rank, self.world_size, self.device = init_distributed(cfg.train.device)
+        self.is_main = self.rank == 0
+        self.console = console
+        self.show_progress = show_progress and self.is_main
+
+        t = cfg.train
+        self.data = open_data(cfg)
+        self.image_size = self.data.train.image_size
+        torch.manual_seed(t.seed)
+        self.method, self.view_spec = build_method(cfg, self.image_size)
+        self.global_batch = t.batch_size * self.world_size
+        self.method.config.validate(self.image_size, self.global_batch, len(self.data.train))
+        self.method.to(self.device)
+        self.model: nn.Module = self.method
+        if self.world_size > 1:
+            if t.sync_bn:
+                self.method = nn.SyncBatchNorm.convert_sync_batchnorm(self.method)
+            self.model = nn.parallel.DistributedDataParallel(
+                self.method, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                broadcast_buffers=False,  # per-rank state (SwAV queues) must stay per rank
+            )
+        self.loader = BatchLoader(
+            self.data.train, t.batch_size, shuffle=True, drop_last=True, seed=t.seed,
+            rank=self.rank, world_size=self.world_size, num_workers=t.num_workers,
+            pin_memory=self.device.type == "cuda",
+        )
+        self.steps_per_epoch = len(self.loader)
+        self.total_steps = self.steps_per_epoch * t.epochs
+        if t.max_steps:
+            self.total_steps = min(self.total_steps, t.max_steps)
+        self.peak_lr = t.lr_per_256 * self.global_batch / 256
+        self.warmup_steps = int(round(t.warmup_epochs * self.steps_per_epoch))
+        self.optimizer = build_optimizer(
+            t.optimizer, self.method.trainable_parameters(), self.peak_lr, t.weight_decay,
+            t.momentum, t.lars_eta,
+        )
+        self.autocast_dtype = amp_dtype(t.amp, self.device)
+        self.scaler = torch.amp.GradScaler("cuda") if self.autocast_dtype == torch.float16 else None
+        self.ctx = TrainContext(
+            epoch=0, step=0, steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps,
+            device=self.device, rank=self.rank, world_size=self.world_size,
+            dataset_size=len(self.data.train), eval_batches=self.eval_batches,
+        )
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.skipped_nonfinite = 0
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.history: list[dict[str, Any]] = []
+
+    # ---- data for hooks ------------------------------------------------------------------------
+    def eval_batches(self, batch_size: int | None = None):
+        """(normalised eval views, dataset index) over this rank's share of the training set."""
+        loader = BatchLoader(
+            self.data.train, batch_size or self.cfg.eval.batch_size, shuffle=False,
+            drop_last=False, rank=self.rank, world_size=self.world_size,
+            num_workers=self.cfg.train.num_workers,
+        )
+        for images, index in loader.iterate():
+            images = images.to(self.device, non_blocking=True)
+            yield (eval_view(images, self.image_size, self.view_spec.mean, self.view_spec.std),
+                   index.to(self.device))
+
+    # ---- state ---------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {
+            "method_name": self.cfg.method,
+            "config": json.dumps(to_dict(self.cfg), sort_keys=True),
+            "model": self.method.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler else {},
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "skipped_nonfinite": self.skipped_nonfinite,
+            "world_size": self.world_size,
+            "rng": rng,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.method.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.step = int(state["step"])
+        self.epoch = int(state["epoch"])
+        self.batch_in_epoch = int(state["batch_in_epoch"])
+        self.skipped_nonfinite = int(state.get("skipped_nonfinite", 0))
+        torch.set_rng_state(state["rng"]["torch"])
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            with contextlib.suppress(Exception):
+                torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+
+    def save(self) -> None:
+        if self.is_main:
+            save_checkpoint(self.state_dict(), self.run_dir)
+        if self.world_size > 1:
+            dist.barrier()
+
+    def _restore(self) -> None:
+        warn = self._print if self.is_main else (lambda *_: None)
+        state, path = load_latest_checkpoint(self.run_dir, map_location=self.device, warn=warn)
+        if state.get("world_size", 1) != self.world_size:
+            warn(f"note: checkpoint was written with {state.get('world_size')} process(es); "
+                 f"resuming with {self.world_size}")
+        self.load_state_dict(state)
+        # keep metrics up to the checkpoint, so the history equals an uninterrupted run's
+        if self.is_main and self.metrics_path.exists():
+            kept = []
+            for line in self.metrics_path.read_text().splitlines():
+                with contextlib.suppress(json.JSONDecodeError):
+                    if json.loads(line).get("step", 0) <= self.step:
+                        kept.append(line)
+            self.metrics_path.write_text("".join(k + "\n" for k in kept))
+        warn(f"resumed from {path} at iteration {self.step} (epoch {self.epoch + 1}, "
+             f"batch {self.batch_in_epoch})")
+
+    # ---- logging -------------------------------------------------------------------------------
+    def _print(self, msg: str) -> None:
+        if self.console is not None:
+            self.console.print(msg, highlight=False)
+        else:
+            print(msg)
+
+    def _log(self, record: dict[str, Any]) -> None:
+        record = {k: _jsonable(v) for k, v in record.items()}
+        self.history.append(record)
+        if self.is_main:
+            with open(self.metrics_path, "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+
+    # ---- one iteration ------------------------------------------------------------------------
+    def _train_step(self, images: torch.Tensor, index: torch.Tensor):
+        t = self.cfg.train
+        lr = warmup_cosine(self.step, self.total_steps, self.warmup_steps, self.peak_lr,
+                           self.peak_lr * t.final_lr_ratio)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        torch.manual_seed(step_seed(t.seed, self.step, self.rank))
+        images = images.to(self.device, non_blocking=True)
+        views: Views = make_views(images, self.view_spec)
+        views.index = index.to(self.device, non_blocking=True)
+        self.ctx.step, self.ctx.epoch = self.step, self.epoch
+        autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype)
+                    if self.autocast_dtype else contextlib.nullcontext())
+        with autocast:
+            out = self.model(views)
+        loss = out.loss
+        finite = torch.isfinite(loss.detach()).float()
+        finite = D.all_reduce_sum(finite.clone()) if self.world_size > 1 else finite
+        if finite.item() < self.world_size:
+            return None, out, views, lr
+        if self.scaler:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
+        self.method.before_optimizer_step(self.ctx)
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.method.after_optimizer_step(self.ctx)
+        return loss.detach(), out, views, lr
+
+    def _nonfinite(self, out, views: Views) -> None:
+        where = (f"iteration {self.step} (epoch {self.epoch + 1}, batch {self.batch_in_epoch})")
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.skipped_nonfinite < self.cfg.train.skip_nonfinite:
+            self.skipped_nonfinite += 1
+            self._print(f"warning: non-finite loss at {where}; step skipped "
+                        f"({self.skipped_nonfinite}/{self.cfg.train.skip_nonfinite})")
+            return
+        dump = self.run_dir / f"nonfinite_step{self.step}.pt"
+        if self.is_main:
+            stats = {}
+            for i, g in enumerate(views.groups):
+                g = g.detach().float()
+                stats[f"views.group{i}"] = torch.stack([g.mean(), g.std(), g.min(), g.max()])
+            torch.save({"where": where, "loss": out.loss.detach().float().cpu(),
+                        "batch_stats_mean_std_min_max": stats,
+                        "method_debug": {k: v.detach().float().cpu() for k, v in out.debug.items()},
+                        "metrics": {k: _jsonable(v) for k, v in out.metrics.items()}}, dump)
+        kept = self.run_dir / "checkpoints" / "last.pt"
+        raise TrainingStopped(
+            f"loss became non-finite at {where}; debug dump: {dump}; last good checkpoint: "
+            f"{kept if kept.exists() else 'none yet'} (resume with --resume {self.run_dir}, "
+            f"or allow skipping with --skip-nonfinite N)"
+        )
+
+    # ---- the loop ------------------------------------------------------------------------------
+    def fit(self) -> RunResult:
+        t = self.cfg.train
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.resume:
+            self._restore()
+        elif self.is_main:
+            self.metrics_path.write_text("")
+        if self.is_main:
+            (self.run_dir / "config.json").write_text(
+                json.dumps(to_dict(self.cfg), indent=2, sort_keys=True) + "\n")
+        self.method.train()
+        self.method.on_train_start(self.ctx)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        started = time.perf_counter()
+        images_seen = 0
+        last_loss = float("nan")
+        progress = self._progress()
+        window_t, window_n = time.perf_counter(), 0
+        with progress or contextlib.nullcontext():
+            while self.epoch < t.epochs and self.step < self.total_steps:
+                self.ctx.epoch, self.ctx.step = self.epoch, self.step
+                self.loader.set_epoch(self.epoch)
+                if self.batch_in_epoch == 0:
+                    self.method.on_epoch_start(self.ctx)
+                    self.method.train()
+                task = None
+                if progress is not None:
+                    task = progress.add_task(
+                        f"epoch {self.epoch + 1}/{t.epochs}", total=self.steps_per_epoch,
+                        completed=self.batch_in_epoch, loss=float("nan"), lr=0.0, ips=0.0)
+                for images, index in self.loader.iterate(start_batch=self.batch_in_epoch):
+                    loss, out, views, lr = self._train_step(images, index)
+                    if loss is None:
+                        self._nonfinite(out, views)
+                    self.step += 1
+                    self.batch_in_epoch += 1
+                    n = images.shape[0] * self.world_size
+                    images_seen += n
+                    window_n += n
+                    if self.step % t.log_every_iters == 0 or self.step == self.total_steps:
+                        now = time.perf_counter()
+                        ips = window_n / max(now - window_t, 1e-9)
+                        window_t, window_n = now, 0
+                        last_loss = float(loss) if loss is not None else float("nan")
+                        rec = {"step": self.step, "epoch": self.epoch + 1, "loss": last_loss,
+                               "lr": lr, "images_per_s": ips}
+                        rec.update({k: v for k, v in out.metrics.items() if k not in rec})
+                        self._log(rec)
+                        if progress is not None:
+                            progress.update(task, loss=last_loss, lr=lr, ips=ips)
+                    if progress is not None:
+                        progress.advance(task)
+                    if (t.checkpoint_every_iters and self.step % t.checkpoint_every_iters == 0
+                            and self.batch_in_epoch < self.steps_per_epoch):
+                        self.save()
+                    if self.step >= self.total_steps:
+                        break
+                if loss is not None:
+                    last_loss = float(loss)
+                if self.batch_in_epoch >= self.steps_per_epoch:
+                    self.epoch += 1
+                    self.batch_in_epoch = 0
+                self.save()
+                if (t.eval_every_epochs and self.epoch % t.eval_every_epochs == 0
+                        and self.epoch < t.epochs and self.batch_in_epoch == 0):
+                    self._periodic_knn()
+        wall = time.perf_counter() - started
+        peak = (torch.cuda.max_memory_allocated(self.device) / 2**20
+                if self.device.type == "cuda" else _rss_mb())
+        result = RunResult(self.run_dir, self.step, self.epoch, last_loss,
+                           images_seen / max(wall, 1e-9), wall, peak, history=self.history)
+        if self.cfg.eval.enabled and self.is_main:
+            result.eval = self._final_eval()
+        if self.is_main:
+            summary = {"steps": self.step, "epochs": self.epoch, "final_loss": last_loss,
+                       "images_per_s": result.images_per_s, "wall_s": wall,
+                       "peak_memory_mb": peak}
+            (self.run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return result
+
+    def _progress(self):
+        if not self.show_progress:
+            return None
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeRemainingColumn)
+
+        return Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("lr {task.fields[lr]:.2e}"),
+            TextColumn("{task.fields[ips]:.0f} img/s"), TimeRemainingColumn(),
+            console=self.console, transient=False,
+        )
+
+    # ---- evaluation ----------------------------------------------------------------------------
+    def _periodic_knn(self) -> None:
+        from ssl_zoo.evaluation.run import quick_knn
+
+        if not self.is_main:
+            if self.world_size > 1:
+                dist.barrier()
+            return
+        acc = quick_knn(self.method.backbone, self.data, self.view_spec, self.device,
+                        self.cfg.eval.batch_size)
+        self.method.train()
+        self._log({"step": self.step, "epoch": self.epoch, **acc})
+        if self.world_size > 1:
+            dist.barrier()
+
+    def _final_eval(self) -> dict[str, Any] | None:
+        from ssl_zoo.evaluation.run import evaluate_backbone
+
+        return evaluate_backbone(
+            self.method, self.data, self.view_spec, self.device, self.cfg,
+            out_dir=self.run_dir, checkpoint_key=f"{self.run_dir.resolve()}@{self.step}",
+            console=self.console,
+        )
+
+
+def _rss_mb() -> float:
+    """Peak resident memory of this process in MiB (CPU runs)."""
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    except Exception:  # pragma: no cover - non-Unix
+        return float("nan")
