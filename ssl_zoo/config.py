@@ -218,7 +218,7 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
     for key, value in data.items():
         path = f"{where}.{key}" if where else key
         if key not in names:
-            raise ConfigError(suggest(key, names, f"config field{' in ' + where if where else ''}"))
+            raise ConfigError(suggest(key, names, f"config field{' ' + where + '.' if where else ''}"))
         kwargs[key] = _coerce(value, hints[key], path)
     return cls(**kwargs)
 
@@ -278,11 +278,12 @@ def apply_override(data: dict[str, Any], assignment: str, method_fields: set[str
                                                                  "views"}
         if key in top:
             homes.append([key])
-        for section, cls in (("train", TrainConfig), ("eval", EvalConfig)):
-            if key in {f.name for f in dataclasses.fields(cls)}:
-                homes.append([section, key])
+        if key in {f.name for f in dataclasses.fields(TrainConfig)}:
+            homes.append(["train", key])
         if key in method_fields:
             homes.append(["method_config", key])
+        if not homes and key in {f.name for f in dataclasses.fields(EvalConfig)}:
+            homes.append(["eval", key])  # eval fields are reached by bare name only when unique
         if not homes:
             every = top | {f.name for f in dataclasses.fields(TrainConfig)} | method_fields
             raise ConfigError(f"--set: {suggest(key, every, 'config field')}")

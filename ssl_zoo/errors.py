@@ -26,7 +26,8 @@ def suggest(name: str, choices: Iterable[str], what: str) -> str:
     """A one-line 'unknown X' message with the closest valid names ("did you mean")."""
     choices = sorted(choices)
     close = difflib.get_close_matches(name, choices, n=3, cutoff=0.5)
-    msg = f"unknown {what} {name!r}"
+    sep = "" if what.endswith(".") else " "
+    msg = f"unknown {what}{sep}{name!r}" if sep == " " else f"unknown {what}{name}"
     if close:
         msg += f"; did you mean {', '.join(repr(c) for c in close)}?"
     if choices:

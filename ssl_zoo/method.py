@@ -103,6 +103,15 @@ class Method(nn.Module):
             out.extend(feats.chunk(count, dim=0))
         return out
 
+    @torch.no_grad()
+    def cluster_assignments(self, images: torch.Tensor) -> torch.Tensor | None:
+        """Hard cluster index of each normalised eval-view image, for clustering methods.
+
+        SwAV returns its best prototype, PCL its nearest centroid; the evaluation reports NMI,
+        ARI and purity of these and draws a contact sheet. ``None``: the method has no clusters.
+        """
+        return None
+
     def trainable_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
         """Named parameters the optimiser updates (momentum copies excluded)."""
         for name, p in self.named_parameters():

@@ -350,6 +350,11 @@ class Trainer:
         if self.is_main:
             (self.run_dir / "config.json").write_text(
                 json.dumps(to_dict(self.cfg), indent=2, sort_keys=True) + "\n")
+            info = {"image_size": self.image_size, "feature_dim": self.method.feature_dim,
+                    "train_images": len(self.data.train), "world_size": self.world_size,
+                    "global_batch": self.global_batch, "steps_per_epoch": self.steps_per_epoch,
+                    "view_spec": to_dict(self.view_spec)}
+            (self.run_dir / "run_info.json").write_text(json.dumps(info, indent=2) + "\n")
         self.method.train()
         self.method.on_train_start(self.ctx)
         if self.device.type == "cuda":
