@@ -1,0 +1,273 @@
+"""Evaluation of a trained backbone: kNN (two protocols), linear probe, clustering, pictures.
+
+Used at the end of every training run, by ``ssl-zoo eval`` and by ``ssl-zoo compare``. Every
+number is written with its protocol; the same backbone at random initialisation is evaluated
+once per (backbone, dataset, image size, seed) and cached, so each result has its floor beside it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ssl_zoo.config import RunConfig, build_run_config
+from ssl_zoo.errors import UserError
+from ssl_zoo.evaluation.features import cache_root, cached_features
+from ssl_zoo.report import fmt
+
+KNN_PROTOCOL_TEXT = {
+    "k20_t0.07": "weighted kNN, k=20, T=0.07, cosine (DINO / solo-learn)",
+    "k200_t0.1": "weighted kNN, k=200, T=0.1, cosine (InstDisc / lightly)",
+}
+
+
+def _labels(ds) -> torch.Tensor | None:
+    y = getattr(ds, "labels", None)
+    if y is None or (y < 0).all():
+        return None
+    return y
+
+
+def _num_classes(*ys) -> int:
+    return int(max(int(y.max()) for y in ys if y is not None)) + 1
+
+
+def _features(encoder, data, view_spec, device, batch_size, cache_dir, dataset_name):
+    common = dict(image_size=data.train.image_size, mean=view_spec.mean, std=view_spec.std,
+                  device=device, batch_size=batch_size)
+    key = {"dataset": dataset_name, "mean": list(view_spec.mean), "std": list(view_spec.std)}
+    train_ds = data.eval_train or data.train
+    ftr = cached_features(encoder, train_ds, key={**key, "split": "train"}, cache_dir=cache_dir,
+                          **common)
+    fte = (cached_features(encoder, data.test, key={**key, "split": "test"}, cache_dir=cache_dir,
+                           **common) if data.test is not None else None)
+    return train_ds, ftr, fte
+
+
+def knn_both(ftr, ytr, fte, yte) -> dict[str, dict[str, float]]:
+    from ssl_zoo.evaluation.knn import KNN_PROTOCOLS, knn_accuracy
+
+    c = _num_classes(ytr, yte)
+    return {name: knn_accuracy(ftr, ytr, fte, yte, k=k, temperature=t, num_classes=c)
+            for name, (k, t) in KNN_PROTOCOLS.items()}
+
+
+@torch.no_grad()
+def quick_knn(backbone, data, view_spec, device, batch_size) -> dict[str, float]:
+    """kNN top-1 (k=20, T=0.07) during training; features are not cached (weights change)."""
+    if data.test is None or _labels(data.test) is None:
+        return {}
+    train_ds, ftr, fte = _features(backbone, data, view_spec, device, batch_size, None, "")
+    ytr, yte = _labels(train_ds), _labels(data.test)
+    if ytr is None:
+        return {}
+    res = knn_both(ftr, ytr, fte, yte)["k20_t0.07"]
+    return {"knn_top1": res["top1"], "knn_top5": res["top5"]}
+
+
+def _random_init_baseline(cfg: RunConfig, data, view_spec, device, console) -> dict[str, Any]:
+    """kNN, linear and NMI of the same backbone at random initialisation (cached on disk)."""
+    from ssl_zoo.backbones import build_backbone
+
+    key = {"backbone": cfg.backbone, "stem": cfg.backbone_stem, "dataset": cfg.dataset,
+           "image_size": data.train.image_size, "seed": cfg.train.seed,
+           "n_train": len(data.eval_train or data.train),
+           "n_test": len(data.test) if data.test is not None else 0,
+           "mean": list(view_spec.mean), "std": list(view_spec.std), "linear": cfg.eval.linear,
+           "v": 1}
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    path = cache_root() / "baselines" / f"{digest}.json"
+    if path.is_file():
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError:
+            pass
+    if console is not None:
+        console.print("[dim]evaluating the random-initialisation baseline (once per backbone "
+                      "and dataset)...[/]")
+    torch.manual_seed(cfg.train.seed)
+    backbone, _ = build_backbone(cfg.backbone, stem=cfg.backbone_stem,
+                                 image_size=data.train.image_size)
+    backbone.to(device)
+    res = _metrics(backbone, data, view_spec, device, cfg, cache_dir=None, method=None)
+    res["key"] = key
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(res, indent=2) + "\n")
+    return res
+
+
+def _metrics(encoder, data, view_spec, device, cfg: RunConfig, cache_dir, method
+             ) -> dict[str, Any]:
+    train_ds, ftr, fte = _features(encoder, data, view_spec, device, cfg.eval.batch_size,
+                                   cache_dir, cfg.dataset)
+    ytr = _labels(train_ds)
+    yte = _labels(data.test) if data.test is not None else None
+    out: dict[str, Any] = {"n_train": int(ftr.shape[0]),
+                           "n_test": int(fte.shape[0]) if fte is not None else 0,
+                           "feature_dim": int(ftr.shape[1])}
+    if fte is None or ytr is None or yte is None:
+        out["note"] = "no labelled test split: kNN, linear probe and NMI need labels"
+        return out
+    if cfg.eval.knn:
+        out["knn"] = knn_both(ftr, ytr, fte, yte)
+    if cfg.eval.linear:
+        from ssl_zoo.evaluation.linear import linear_probe
+
+        out["linear"] = linear_probe(ftr, ytr, fte, yte, seed=cfg.train.seed)
+    if cfg.eval.clustering:
+        from ssl_zoo.evaluation.clustering import kmeans_clustering_metrics
+
+        out["clustering"] = kmeans_clustering_metrics(fte, yte, _num_classes(ytr, yte),
+                                                      seed=cfg.train.seed)
+    return out
+
+
+@torch.no_grad()
+def _method_clusters(method, data, view_spec, device, batch_size) -> torch.Tensor | None:
+    from ssl_zoo.data.loader import BatchLoader
+    from ssl_zoo.data.views import eval_view
+
+    if data.test is None:
+        return None
+    was = method.training
+    method.eval()
+    out = []
+    try:
+        for images, _ in BatchLoader(data.test, batch_size, shuffle=False,
+                                     drop_last=False).iterate():
+            x = eval_view(images.to(device), data.train.image_size, view_spec.mean, view_spec.std)
+            a = method.cluster_assignments(x)
+            if a is None:
+                return None
+            out.append(a.cpu())
+    finally:
+        method.train(was)
+    return torch.cat(out)
+
+
+def evaluate_backbone(method, data, view_spec, device, cfg: RunConfig, *, out_dir: Path,
+                      checkpoint_key: str = "", console=None, eval_name: str = "eval"
+                      ) -> dict[str, Any]:
+    """Evaluate ``method.backbone`` (and the method's clusters); write JSON and pictures."""
+    out_dir = Path(out_dir)
+    result: dict[str, Any] = {
+        "dataset": cfg.dataset, "backbone": cfg.backbone, "method": cfg.method,
+        "image_size": data.train.image_size,
+        "protocols": {**KNN_PROTOCOL_TEXT,
+                      "linear": "see linear.recipe", "clustering": "k-means (faiss) on test "
+                      "features, k = number of classes; NMI, ARI, purity"},
+        "checkpoint": checkpoint_key,
+    }
+    result.update(_metrics(method.backbone, data, view_spec, device, cfg,
+                           cache_dir=out_dir / "features", method=method))
+    yte = _labels(data.test) if data.test is not None else None
+    assignments = _method_clusters(method, data, view_spec, device, cfg.eval.batch_size)
+    if assignments is not None and yte is not None:
+        from ssl_zoo.evaluation.clustering import assignment_metrics
+
+        result["method_clusters"] = assignment_metrics(assignments, yte)
+    if cfg.eval.baseline:
+        result["random_init"] = _random_init_baseline(cfg, data, view_spec, device, console)
+    if cfg.eval.pictures:
+        result["pictures"] = _pictures(method, data, view_spec, device, cfg, out_dir,
+                                       assignments)
+    (out_dir / f"{eval_name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    if console is not None:
+        print_eval(console, result)
+    return result
+
+
+def _pictures(method, data, view_spec, device, cfg, out_dir: Path, assignments) -> list[str]:
+    from ssl_zoo.evaluation import plots
+
+    paths = []
+    feats_dir = out_dir / "features"
+    _, _, fte = _features(method.backbone, data, view_spec, device, cfg.eval.batch_size,
+                          feats_dir, cfg.dataset)
+    yte = _labels(data.test) if data.test is not None else None
+    classes = getattr(data.test, "classes", None) if data.test is not None else None
+    if fte is not None:
+        paths.append(plots.tsne_map(fte, yte, out_dir / "tsne.png", class_names=classes,
+                                    seed=cfg.train.seed))
+    if assignments is not None and data.test is not None:
+        images = data.test.load(torch.arange(len(data.test)))
+        paths.append(plots.contact_sheet(images, assignments, out_dir / "clusters.png"))
+    metrics_file = out_dir / "metrics.jsonl"
+    if metrics_file.is_file():
+        records = [json.loads(x) for x in metrics_file.read_text().splitlines() if x.strip()]
+        records = [r for r in records if "loss" in r]
+        if records:
+            paths.append(plots.loss_curve(records, out_dir / "loss.png"))
+    return [str(p) for p in paths]
+
+
+def print_eval(console, result: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"evaluation: {result['method']} / {result['backbone']} on "
+                        f"{result['dataset']}", title_justify="left")
+    table.add_column("metric", style="bold")
+    table.add_column("trained", justify="right")
+    table.add_column("random init", justify="right")
+    base = result.get("random_init") or {}
+    for proto in KNN_PROTOCOL_TEXT:
+        got = (result.get("knn") or {}).get(proto)
+        if got:
+            b = (base.get("knn") or {}).get(proto) or {}
+            table.add_row(f"kNN {proto} top-1", fmt(got["top1"]), fmt(b.get("top1")))
+            table.add_row(f"kNN {proto} top-5", fmt(got["top5"]), fmt(b.get("top5")))
+    if result.get("linear"):
+        table.add_row("linear probe top-1", fmt(result["linear"]["test_top1"]),
+                      fmt((base.get("linear") or {}).get("test_top1")))
+    if result.get("clustering"):
+        for k in ("nmi", "ari", "purity"):
+            table.add_row(f"k-means {k.upper()}", fmt(result["clustering"][k]),
+                          fmt((base.get("clustering") or {}).get(k)))
+    if result.get("method_clusters"):
+        for k in ("nmi", "ari", "purity"):
+            table.add_row(f"method clusters {k.upper()}", fmt(result["method_clusters"][k]), "-")
+    console.print(table)
+
+
+def evaluate_target(target: str, *, dataset: str | None, data_root: str | None, device: str,
+                    sets: list[str], console) -> dict[str, Any]:
+    """``ssl-zoo eval RUN_DIR_OR_CHECKPOINT``: rebuild the method from its checkpoint, evaluate."""
+    from ssl_zoo.checkpoint import load_latest_checkpoint, safe_load
+    from ssl_zoo.cli import _method_fields
+    from ssl_zoo.train import build_method, open_data, resolve_device
+
+    path = Path(target)
+    if path.is_dir():
+        state, ckpt = load_latest_checkpoint(path, warn=console.print)
+        run_dir = path
+    elif path.is_file():
+        state, ckpt = safe_load(path), path
+        run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    else:
+        raise UserError(f"{target}: no such run directory or checkpoint")
+    if not isinstance(state, dict) or "config" not in state or "model" not in state:
+        raise UserError(f"{ckpt} is not an ssl-zoo training checkpoint")
+    saved = json.loads(state["config"])
+    extra = list(sets)
+    if dataset:
+        extra.append(f"dataset={dataset}")
+    if data_root:
+        extra.append(f"data_root={data_root}")
+    cfg = build_run_config(saved, extra, _method_fields)
+    dev = resolve_device(device)
+    data = open_data(cfg)
+    method, spec = build_method(cfg, data.train.image_size)
+    method.load_state_dict(state["model"])
+    method.to(dev)
+    name = "eval" if cfg.dataset == saved["dataset"] else (
+        "eval_" + "".join(c if c.isalnum() else "_" for c in cfg.dataset))
+    key = f"{Path(ckpt).resolve()}@{state.get('step')}"
+    return evaluate_backbone(method, data, spec, dev, cfg, out_dir=run_dir, checkpoint_key=key,
+                             console=console, eval_name=name)
+
+
+
