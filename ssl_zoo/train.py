@@ -15,6 +15,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,10 +162,13 @@ class Trainer:
         if self.world_size > 1:
             if t.sync_bn:
                 self.method = nn.SyncBatchNorm.convert_sync_batchnorm(self.method)
-            self.model = nn.parallel.DistributedDataParallel(
-                self.method, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                broadcast_buffers=False,  # per-rank state (SwAV queues) must stay per rank
-            )
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                self.model = nn.parallel.DistributedDataParallel(
+                    self.method,
+                    device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                    broadcast_buffers=False,  # per-rank state (SwAV queues) stays per rank
+                )
         self.loader = BatchLoader(
             self.data.train, t.batch_size, shuffle=True, drop_last=True, seed=t.seed,
             rank=self.rank, world_size=self.world_size, num_workers=t.num_workers,
@@ -376,6 +380,7 @@ class Trainer:
                     task = progress.add_task(
                         f"epoch {self.epoch + 1}/{t.epochs}", total=self.steps_per_epoch,
                         completed=self.batch_in_epoch, loss=float("nan"), lr=0.0, ips=0.0)
+                loss = None
                 for images, index in self.loader.iterate(start_batch=self.batch_in_epoch):
                     loss, out, views, lr = self._train_step(images, index)
                     if loss is None:
@@ -389,7 +394,8 @@ class Trainer:
                         now = time.perf_counter()
                         ips = window_n / max(now - window_t, 1e-9)
                         window_t, window_n = now, 0
-                        last_loss = float(loss) if loss is not None else float("nan")
+                        last_loss = (float(D.all_reduce_mean(loss.clone()))
+                                     if loss is not None else float("nan"))
                         rec = {"step": self.step, "epoch": self.epoch + 1, "loss": last_loss,
                                "lr": lr, "images_per_s": ips}
                         rec.update({k: v for k, v in out.metrics.items() if k not in rec})
@@ -404,7 +410,7 @@ class Trainer:
                     if self.step >= self.total_steps:
                         break
                 if loss is not None:
-                    last_loss = float(loss)
+                    last_loss = float(D.all_reduce_mean(loss.clone()))
                 if self.batch_in_epoch >= self.steps_per_epoch:
                     self.epoch += 1
                     self.batch_in_epoch = 0

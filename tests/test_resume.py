@@ -1,0 +1,110 @@
+"""Runs that survive: SIGKILL at a random iteration, then --resume, ends bit-identical."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from ssl_zoo.cli import main
+
+
+def _cmd(method: str, out: Path, extra: list[str]) -> list[str]:
+    return [sys.executable, "-m", "ssl_zoo", "train", "--method", method, "--dataset", "demo",
+            "--out", str(out), "--no-eval", "--no-progress",
+            "--set", "train.checkpoint_every_iters=4", "--set", "train.log_every_iters=1",
+            *extra]
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [{k: v for k, v in json.loads(x).items() if k != "images_per_s"}
+            for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _kill_at_random_step(cmd: list[str], run: Path, low: int, high: int) -> int:
+    target = random.Random(os.getpid()).randint(low, high)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    deadline = time.time() + 240
+    metrics = run / "metrics.jsonl"
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists():
+            lines = metrics.read_text().splitlines()
+            if len(lines) >= target:
+                break
+        time.sleep(0.02)
+    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return target
+
+
+def kill_and_resume_equals_uninterrupted(tmp_path: Path, method: str, extra: list[str],
+                                         total_steps: int) -> None:
+    full, part = tmp_path / "full", tmp_path / "part"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    subprocess.run(_cmd(method, full, extra), check=True, env=env, stdout=subprocess.DEVNULL)
+    _kill_at_random_step(_cmd(method, part, extra), part, 2, total_steps - 2)
+    # same thread count as the uninterrupted run: float reductions then add up identically
+    subprocess.run([sys.executable, "-m", "ssl_zoo", "train", "--resume", str(part),
+                    "--no-progress"], check=True, env=env, stdout=subprocess.DEVNULL)
+    a = torch.load(full / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(part / "checkpoints" / "last.pt", weights_only=True)
+    assert a["step"] == b["step"] == total_steps
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for (ka, va), (kb, vb) in zip(a["optimizer"]["state"].items(),
+                                  b["optimizer"]["state"].items()):
+        for name in va:
+            assert torch.equal(torch.as_tensor(va[name]), torch.as_tensor(vb[name])), (ka, name)
+    assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
+    assert _metrics(full) == _metrics(part)
+
+
+def test_toy_method_survives_sigkill(tmp_path, toy_method_file):
+    kill_and_resume_equals_uninterrupted(
+        tmp_path, f"{toy_method_file}:Toy",
+        ["--batch-size", "100", "--epochs", "2"], total_steps=40)
+
+
+@pytest.mark.parametrize("method", ["swav", "moco"])
+def test_builtin_methods_survive_sigkill(tmp_path, method):
+    kill_and_resume_equals_uninterrupted(
+        tmp_path, method,
+        ["--batch-size", "100", "--epochs", "2", "--set", "train.max_steps=24"],
+        total_steps=24)
+
+
+def test_export_loads_into_torchvision_strictly(tmp_path, toy_method_file):
+    import torchvision
+    from torch import nn
+
+    from ssl_zoo import load_backbone
+
+    run = tmp_path / "r18"
+    assert main(["train", "--method", f"{toy_method_file}:Toy", "--backbone", "resnet18",
+                 "--batch-size", "16", "--epochs", "1", "--no-eval", "--no-progress",
+                 "--set", "train.max_steps=1", "--out", str(run)]) == 0
+    out = tmp_path / "backbone.pt"
+    assert main(["export", str(run), "--out", str(out)]) == 0
+    sd = torch.load(out, weights_only=True)
+    assert not any(k.startswith(("module.", "backbone.", "head.")) for k in sd)
+    model = torchvision.models.resnet18()
+    model.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)  # the CIFAR stem of a 32-px run
+    model.maxpool = nn.Identity()
+    model.fc = nn.Identity()
+    model.load_state_dict(sd, strict=True)
+    again = load_backbone(out)
+    x = torch.randn(2, 3, 32, 32)
+    model.eval()
+    assert torch.allclose(again(x), model(x))
+    trained = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert torch.equal(sd["conv1.weight"], trained["backbone.conv1.weight"])
