@@ -27,7 +27,7 @@ def module_fingerprint(module: nn.Module) -> str:
         h.update(name.encode())
         t = t.detach().cpu().contiguous()
         h.update(str(t.dtype).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()[:16]
 
 
