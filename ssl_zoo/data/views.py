@@ -378,12 +378,14 @@ def swav_views(image_size: int, n_local: int = 4, local_size: int | None = None,
 
 
 def simclr_views(image_size: int) -> ViewSpec:
-    """SimCLR (Chen et al. 2020, App. A): crop (0.08, 1), jitter 0.8 strength p=0.8, gray 0.2,
-    blur 0.5 at ImageNet size (none on CIFAR, as in the paper's CIFAR experiments)."""
+    """SimCLR (Chen et al. 2020, App. A): crop (0.08, 1), colour jitter p=0.8 of strength 1.0
+    (0.8, 0.8, 0.8, 0.2) on ImageNet and 0.5 on CIFAR (App. B.9), gray 0.2, blur 0.5 at ImageNet
+    size (none on CIFAR, as in the paper's CIFAR experiments)."""
     mean, std = _stats(image_size)
-    g = CropGroup(count=2, size=image_size, scale=(0.08, 1.0), brightness=0.8, contrast=0.8,
-                  saturation=0.8, hue=0.2, jitter_p=0.8, grayscale_p=0.2,
-                  blur_p=0.5 if image_size >= 96 else 0.0)
+    s = 1.0 if image_size >= 96 else 0.5
+    g = CropGroup(count=2, size=image_size, scale=(0.08, 1.0), brightness=0.8 * s,
+                  contrast=0.8 * s, saturation=0.8 * s, hue=0.2 * s, jitter_p=0.8,
+                  grayscale_p=0.2, blur_p=0.5 if image_size >= 96 else 0.0)
     return ViewSpec(groups=[g], mean=mean, std=std)
 
 

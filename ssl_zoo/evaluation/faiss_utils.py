@@ -12,6 +12,8 @@ from ssl_zoo.errors import UserError
 def _faiss():
     import faiss
 
+    # faiss's OpenMP pool defaults to every core; follow torch's setting so both agree
+    faiss.omp_set_num_threads(max(1, torch.get_num_threads()))
     return faiss
 
 
@@ -62,7 +64,7 @@ def kmeans(x, k: int, *, niter: int = 20, seed: int = 0, spherical: bool = False
            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """faiss k-means: (centroids (k, D), assignments (N,) int64, squared distances (N,)).
 
-    ``spherical`` normalises centroids after every iteration (for cosine features, as PCL).
+    ``spherical`` normalises centroids after every iteration (for cosine features).
     """
     faiss = _faiss()
     data = _as_f32(x)

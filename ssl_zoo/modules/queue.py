@@ -1,0 +1,87 @@
+"""A persistent first-in-first-out queue of embeddings (the MoCo dictionary, He et al. 2020).
+
+The queue is a ring buffer of fixed shape registered as persistent buffers, so a checkpoint holds
+its contents, its write position and how much of it has been written: a resumed run sees exactly
+the negatives an uninterrupted run would. (lightly's memory bank keeps its bank with
+``persistent=False``, so resuming silently starts from random vectors again.)
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ssl_zoo.modules.distributed import gather_nograd
+
+
+class FeatureQueue(nn.Module):
+    """Ring buffer of the ``length`` most recently enqueued ``dim``-d embeddings.
+
+    Starts filled with random unit vectors (as the MoCo reference does), so it can be used as a
+    set of negatives from the first step; ``filled`` counts the slots already overwritten by real
+    embeddings, for callers that want only those (:meth:`valid`).
+    """
+
+    features: torch.Tensor
+    ptr: torch.Tensor
+    filled: torch.Tensor
+
+    def __init__(self, length: int, dim: int, *, seed: int | None = 0):
+        super().__init__()
+        if length < 1 or dim < 1:
+            raise ValueError(f"queue length and dim must be >= 1, got {length} and {dim}")
+        g = torch.Generator().manual_seed(seed) if seed is not None else None
+        init = F.normalize(torch.randn(length, dim, generator=g), dim=1)
+        self.register_buffer("features", init)
+        self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
+        self.register_buffer("filled", torch.zeros((), dtype=torch.long))
+
+    @property
+    def length(self) -> int:
+        return self.features.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.features.shape[1]
+
+    @torch.no_grad()
+    def enqueue(self, keys: torch.Tensor, *, gather: bool = True) -> None:
+        """Overwrite the oldest entries with ``keys`` (N, dim), wrapping around the end.
+
+        With ``gather`` the keys of every rank are concatenated first (rank order), so all ranks
+        hold the same queue. When more keys than slots arrive, only the newest ``length`` stay.
+        """
+        if gather:
+            keys = gather_nograd(keys)
+        keys = keys.detach()
+        if keys.ndim != 2 or keys.shape[1] != self.dim:
+            raise ValueError(f"expected keys of shape (N, {self.dim}), got {tuple(keys.shape)}")
+        n, length = keys.shape[0], self.length
+        if n == 0:
+            return
+        ptr = int(self.ptr)
+        if n >= length:  # only the newest `length` keys survive; they end where the write ends
+            ptr = (ptr + n - length) % length
+            keys, n = keys[n - length:], length
+        slots = (torch.arange(n, device=self.features.device) + ptr) % length
+        self.features.index_copy_(0, slots, keys.to(self.features.dtype))
+        self.ptr.fill_((ptr + n) % length)
+        self.filled.fill_(min(int(self.filled) + n, length))
+
+    def valid(self) -> torch.Tensor:
+        """The entries written by :meth:`enqueue` so far, oldest first (all once full)."""
+        filled, ptr = int(self.filled), int(self.ptr)
+        slots = (torch.arange(filled, device=self.features.device) + ptr - filled) % self.length
+        return self.features[slots]
+
+    def forward(self) -> torch.Tensor:
+        """A detached copy of the whole queue (length, dim): the negatives of a contrastive loss.
+
+        A copy, because a loss's backward still needs these values after :meth:`enqueue` has
+        overwritten the buffer in place.
+        """
+        return self.features.detach().clone()
+
+    def extra_repr(self) -> str:
+        return f"length={self.length}, dim={self.dim}"
