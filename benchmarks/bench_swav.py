@@ -64,15 +64,14 @@ def lightly_child(npz: Path, epochs: int, n_local: int, cfg: dict) -> dict:
     from PIL import Image
     from torch.utils.data import DataLoader, Dataset
 
+    from methods.swav import SwAVConfig
     from ssl_zoo.backbones import build_backbone
+    from ssl_zoo.config import from_dict
     from ssl_zoo.data.sources import open_source
     from ssl_zoo.data.views import CIFAR_MEAN, CIFAR_STD, ViewSpec
     from ssl_zoo.evaluation.features import extract_features
     from ssl_zoo.evaluation.run import knn_both
     from ssl_zoo.optim import warmup_cosine
-
-    from methods.swav import SwAVConfig
-    from ssl_zoo.config import from_dict
 
     m, t = from_dict(SwAVConfig, cfg["method_config"]), cfg["train"]
     k, eps = m.num_prototypes, m.epsilon

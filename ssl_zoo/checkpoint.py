@@ -95,7 +95,7 @@ def save_checkpoint(state: dict[str, Any], run_dir: str | Path) -> Path:
 
 def load_latest_checkpoint(run_dir: str | Path, map_location="cpu", warn=print
                            ) -> tuple[dict[str, Any], Path]:
-    """The newest loadable checkpoint of a run, falling back to ``prev.pt`` if ``last.pt`` is bad."""
+    """The newest loadable checkpoint of a run; ``prev.pt`` when ``last.pt`` is damaged."""
     folder = Path(run_dir) / "checkpoints"
     errors = []
     for name in NAMES:

@@ -160,7 +160,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(value) != len(args):
                 raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
-            return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+            return tuple(_coerce(v, a, f"{where}[{i}]")
+                         for i, (v, a) in enumerate(zip(value, args)))
         inner = args[0] if args else Any
         items = [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
@@ -218,7 +219,8 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
     for key, value in data.items():
         path = f"{where}.{key}" if where else key
         if key not in names:
-            raise ConfigError(suggest(key, names, f"config field{' ' + where + '.' if where else ''}"))
+            what = f"config field {where}." if where else "config field"
+            raise ConfigError(suggest(key, names, what))
         kwargs[key] = _coerce(value, hints[key], path)
     return cls(**kwargs)
 
@@ -246,7 +248,8 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
             data = json.loads(text)
     except Exception as exc:  # yaml.YAMLError, json.JSONDecodeError
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ConfigError(f"{path}: not valid {path.suffix.lstrip('.') or 'JSON'}: {first}") from None
+        kind = path.suffix.lstrip(".") or "JSON"
+        raise ConfigError(f"{path}: not valid {kind}: {first}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -37,7 +37,7 @@ from ssl_zoo.config import (
 )
 from ssl_zoo.data.loader import BatchLoader
 from ssl_zoo.data.sources import DataSplits, open_source
-from ssl_zoo.data.views import ViewSpec, Views, eval_view, make_views
+from ssl_zoo.data.views import Views, ViewSpec, eval_view, make_views
 from ssl_zoo.errors import ConfigError, UserError
 from ssl_zoo.method import Method, TrainContext
 from ssl_zoo.modules import distributed as D
@@ -435,8 +435,13 @@ class Trainer:
     def _progress(self):
         if not self.show_progress:
             return None
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
 
         return Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -75,7 +75,6 @@ def test_unreadable_and_non_image_files_are_named(tmp_path, capsys, toy_method_f
 
 
 def test_skip_bad_images_trains(tmp_path, capsys, toy_method_file):
-    toy = f"{toy_method_file}:Toy"
     root = _folder(tmp_path, bad=True)
     code = main(["train", "--no-progress", "--no-eval", "--method", f"{toy_method_file}:Toy",
                  "--dataset", f"folder:{root}", "--skip-bad-images", "--batch-size", "4",
@@ -93,7 +92,6 @@ def test_empty_folder(tmp_path, capsys, toy_method_file):
 
 
 def test_resume_of_a_missing_directory(tmp_path, capsys, toy_method_file):
-    toy = f"{toy_method_file}:Toy"
     code, err = _run(capsys, "--resume", str(tmp_path / "nothing"))
     _assert_one_line(code, err, "no config.json there")
 

@@ -46,7 +46,8 @@ def test_wrong_type_names_the_field():
 def test_unknown_key_suggests():
     with pytest.raises(ConfigError, match=r"unknown config field 'epoch'.*'epochs'"):
         build_run_config({}, ["epoch=3"], fields_of)
-    with pytest.raises(ConfigError, match=r"unknown config field train.epohcs; did you mean 'epochs'"):
+    with pytest.raises(ConfigError,
+                       match=r"unknown config field train.epohcs; did you mean 'epochs'"):
         build_run_config({"train": {"epohcs": 3}}, [], fields_of)
 
 

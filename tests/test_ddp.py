@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from ddp_harness import TinyNet, compare_one_vs_two, make_inputs
 
 

@@ -61,7 +61,7 @@ def kill_and_resume_equals_uninterrupted(tmp_path: Path, method: str, extra: lis
     assert a["step"] == b["step"] == total_steps
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
-    for (ka, va), (kb, vb) in zip(a["optimizer"]["state"].items(),
+    for (ka, va), (_, vb) in zip(a["optimizer"]["state"].items(),
                                   b["optimizer"]["state"].items()):
         for name in va:
             assert torch.equal(torch.as_tensor(va[name]), torch.as_tensor(vb[name])), (ka, name)

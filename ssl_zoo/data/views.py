@@ -1,26 +1,53 @@
 """Batched multi-crop views made on the device for a whole uint8 batch at once.
 
-Per-image PIL augmentation of 6-8 crops is the known bottleneck of multi-crop training. Here every
-random parameter is still drawn per sample, from the same distributions as torchvision's
-per-image transforms (RandomResizedCrop, RandomHorizontalFlip, ColorJitter in a random order,
-RandomGrayscale, GaussianBlur, RandomSolarize), but each operation runs once for the whole batch
-as tensor code on the batch's device. Crops are cut from the original image and resized once
-with ``torchvision.ops.roi_align`` (bilinear, averaging several samples per output pixel when a
-crop shrinks, which acts as an anti-aliasing filter).
+Per-image PIL augmentation of 6-8 crops is the known bottleneck of multi-crop training (SwAV,
+Caron et al. 2020, Sec. 3.2). Here every random parameter is still drawn per sample, from the
+same distributions as torchvision's per-image transforms (RandomResizedCrop with its 10 tries and
+central fallback, RandomHorizontalFlip, ColorJitter with its 4 ops in a random order per sample,
+RandomGrayscale, GaussianBlur with a uniform sigma, RandomSolarize at 128), but each operation
+runs once for the whole batch as tensor code on the batch's device.
+
+How it is made fast (and where it differs from a PIL pipeline):
+
+* uint8 -> float32 in [0, 1] once; no rounding back to uint8 between operations.
+* crops are cut from the original image and resized once with ``torchvision.ops.roi_align``
+  (bilinear, ``aligned=True``; when a crop shrinks it averages ceil(scale) x ceil(scale)
+  samples per output pixel, which acts as the anti-aliasing filter). Interpolation near a crop's
+  border reads the pixels just outside it, where torchvision clamps to the crop's edge.
+* a horizontal flip costs nothing: flipped crops are cut, mirrored, from a flipped copy of the
+  (small) source batch, which gives exactly the mirrored output.
+* brightness, contrast and saturation are all ``clamp(a*x + b*gray(x) + c*mean(gray(x)))``, so
+  at each of the 4 jitter positions one blend with per-sample (a, b, c) does all three for the
+  whole batch; the hue shift is a closed-form HSV rotation (no HSV image is built) run only on
+  the samples whose op at that position is hue.
+* the Gaussian kernel is cut at 4 sigma_max when that is shorter than the requested size (the
+  weights beyond are below exp(-8) of the centre).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
+"""ITU-R 601-2 luma weights, as torchvision's ``rgb_to_grayscale``."""
+SOLARIZE_THRESHOLD = 128 / 255
+"""Pixels at or above this value are inverted (PIL's / torchvision's threshold 128 of 255)."""
+EVAL_CROP_FRACTION = 0.875
+"""Evaluation centre crop as a fraction of the resized shorter side (224 of 256)."""
+CROP_ATTEMPTS = 10
+"""Tries of RandomResizedCrop before its central fallback (torchvision's 10)."""
+BLUR_TRUNCATE_SIGMAS = 4.0
+"""Gaussian kernels reach at most this many sigma_max either side of the centre."""
 
 
 @dataclass
@@ -28,19 +55,33 @@ class CropGroup:
     """``count`` crops of ``size`` x ``size`` pixels sharing one augmentation recipe."""
 
     count: int = 2
+    """Crops of every image in this group."""
     size: int = 32
+    """Output side in pixels."""
     scale: tuple[float, float] = (0.14, 1.0)
+    """RandomResizedCrop area range, as a fraction of the image area."""
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    """RandomResizedCrop aspect-ratio (width / height) range, drawn log-uniform."""
     flip_p: float = 0.5
+    """Probability of a horizontal flip."""
     jitter_p: float = 0.8
+    """Probability of colour jitter (all four ops, in a random order)."""
     brightness: float = 0.4
+    """Brightness factor drawn from U(max(0, 1 - b), 1 + b); 0 turns it off."""
     contrast: float = 0.4
+    """Contrast factor drawn from U(max(0, 1 - c), 1 + c); 0 turns it off."""
     saturation: float = 0.4
+    """Saturation factor drawn from U(max(0, 1 - s), 1 + s); 0 turns it off."""
     hue: float = 0.1
+    """Hue shift drawn from U(-h, h) in turns (0.5 = half the colour wheel); 0 turns it off."""
     grayscale_p: float = 0.2
+    """Probability of converting to grayscale (after jitter)."""
     blur_p: float = 0.0
+    """Probability of a Gaussian blur (after grayscale)."""
     blur_sigma: tuple[float, float] = (0.1, 2.0)
+    """Blur standard deviation range in output pixels, drawn uniform."""
     solarize_p: float = 0.0
+    """Probability of solarisation (last)."""
     blur_kernel_frac: float = 0.1
     """Gaussian kernel size as a fraction of the crop size (SimCLR: 10%), made odd."""
 
@@ -97,38 +138,40 @@ class Views(Sequence):
 
 
 # --------------------------------------------------------------------------------------------
-# random parameters (per sample)
+# random parameters, drawn per sample
 # --------------------------------------------------------------------------------------------
-def _uniform(n: int, lo: float, hi: float, device, generator) -> torch.Tensor:
-    return torch.rand(n, device=device, generator=generator) * (hi - lo) + lo
+def _rand(shape: tuple[int, ...], device: torch.device, generator) -> torch.Tensor:
+    """U[0, 1) float32 drawn with ``generator`` on its own device, then moved to ``device``."""
+    gen_device = generator.device if generator is not None else device
+    return torch.rand(shape, device=gen_device, generator=generator).to(device)
 
 
-def _bernoulli(n: int, p: float, device, generator) -> torch.Tensor:
-    if p <= 0:
-        return torch.zeros(n, dtype=torch.bool, device=device)
-    if p >= 1:
-        return torch.ones(n, dtype=torch.bool, device=device)
-    return torch.rand(n, device=device, generator=generator) < p
+def boxes_from_uniforms(u_area: torch.Tensor, u_log_ratio: torch.Tensor, u_top: torch.Tensor,
+                        u_left: torch.Tensor, height: int, width: int,
+                        scale: tuple[float, float], ratio: tuple[float, float]) -> torch.Tensor:
+    """(n, 4) boxes (top, left, h, w) by ``RandomResizedCrop.get_params`` from uniforms.
 
-
-def crop_boxes(n: int, height: int, width: int, scale: tuple[float, float],
-               ratio: tuple[float, float], device=None, generator=None,
-               attempts: int = 10) -> torch.Tensor:
-    """(n, 4) boxes (top, left, h, w) drawn as ``RandomResizedCrop.get_params`` draws them.
-
-    Up to ``attempts`` tries per sample of area ~ U(scale) x image area and log-aspect ~
-    U(log ratio); the first try that fits is kept; samples with no fitting try get torchvision's
-    fallback (the whole image, with the aspect ratio clamped to ``ratio``, centred).
+    ``u_area`` and ``u_log_ratio`` are (n, attempts) U[0, 1): try t has area ~ U(scale) x image
+    area and log-aspect ~ U(log ratio); the first try that fits is kept and placed at
+    top ~ U{0..H-h}, left ~ U{0..W-w} (from ``u_top``, ``u_left``); samples with no fitting try
+    get torchvision's fallback, the central crop of the whole image with its aspect clamped.
     """
+    n = u_area.shape[0]
+    dev = u_area.device
     area = float(height * width)
     log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
-    target = _uniform(n * attempts, scale[0], scale[1], device, generator) * area
-    aspect = torch.exp(_uniform(n * attempts, log_lo, log_hi, device, generator))
-    w = torch.round(torch.sqrt(target * aspect)).view(n, attempts)
-    h = torch.round(torch.sqrt(target / aspect)).view(n, attempts)
+    target = (u_area * (scale[1] - scale[0]) + scale[0]) * area
+    aspect = torch.exp(u_log_ratio * (log_hi - log_lo) + log_lo)
+    w = torch.round(torch.sqrt(target * aspect))
+    h = torch.round(torch.sqrt(target / aspect))
     ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
-    first = torch.where(ok.any(1), ok.float().argmax(1), torch.full((n,), -1, device=device))
-    # fallback box (torchvision's "central crop")
+    found = ok.any(1)
+    first = ok.to(torch.uint8).argmax(1, keepdim=True)  # index of the first True
+    h = h.gather(1, first).squeeze(1)
+    w = w.gather(1, first).squeeze(1)
+    # torch.randint(0, H - h + 1) drawn as floor(U * (H - h + 1))
+    top = torch.minimum(torch.floor(u_top * (height - h + 1)), height - h)
+    left = torch.minimum(torch.floor(u_left * (width - w + 1)), width - w)
     in_ratio = width / height
     if in_ratio < ratio[0]:
         fw, fh = width, int(round(width / ratio[0]))
@@ -136,219 +179,338 @@ def crop_boxes(n: int, height: int, width: int, scale: tuple[float, float],
         fh, fw = height, int(round(height * ratio[1]))
     else:
         fw, fh = width, height
-    rows = torch.arange(n, device=device)
-    pick = first.clamp(min=0)
-    hh = torch.where(first >= 0, h[rows, pick], torch.full((n,), float(fh), device=device))
-    ww = torch.where(first >= 0, w[rows, pick], torch.full((n,), float(fw), device=device))
-    # torch.randint(0, H - h + 1) per sample: floor(U * (H - h + 1))
-    u = torch.rand(2, n, device=device, generator=generator)
-    top = torch.floor(u[0] * (height - hh + 1)).clamp(max=height - hh)
-    left = torch.floor(u[1] * (width - ww + 1)).clamp(max=width - ww)
-    top = torch.where(first >= 0, top, torch.full_like(top, (height - fh) // 2))
-    left = torch.where(first >= 0, left, torch.full_like(left, (width - fw) // 2))
-    return torch.stack([top, left, hh, ww], dim=1)
+    fallback = torch.tensor([(height - fh) // 2, (width - fw) // 2, fh, fw],
+                            dtype=h.dtype, device=dev).expand(n, 4)
+    boxes = torch.stack([top, left, h, w], dim=1)
+    return torch.where(found.unsqueeze(1), boxes, fallback)
+
+
+def crop_boxes(n: int, height: int, width: int, scale: tuple[float, float],
+               ratio: tuple[float, float], device=None, generator=None,
+               attempts: int = CROP_ATTEMPTS) -> torch.Tensor:
+    """(n, 4) boxes (top, left, h, w), each drawn as ``RandomResizedCrop.get_params`` draws one."""
+    device = torch.device(device or "cpu")
+    u = _rand((n, 2 * attempts + 2), device, generator)
+    return boxes_from_uniforms(u[:, :attempts], u[:, attempts:2 * attempts], u[:, -2], u[:, -1],
+                               height, width, scale, ratio)
+
+
+def jitter_factors(u: torch.Tensor, g: CropGroup) -> torch.Tensor:
+    """(n, 4) brightness, contrast, saturation, hue factors from (n, 4) U[0, 1), as
+    ``ColorJitter.get_params`` draws them (factor ranges (max(0, 1 - s), 1 + s) and (-h, h))."""
+    lo = torch.tensor([max(0.0, 1 - g.brightness), max(0.0, 1 - g.contrast),
+                       max(0.0, 1 - g.saturation), -g.hue], device=u.device)
+    hi = torch.tensor([1 + g.brightness, 1 + g.contrast, 1 + g.saturation, g.hue],
+                      device=u.device)
+    return u * (hi - lo) + lo
+
+
+@dataclass
+class GroupParams:
+    """Every random choice for the ``n`` = count x B crops of one group (row k*B + b)."""
+
+    boxes: torch.Tensor
+    """(n, 4) top, left, height, width in source pixels."""
+    flip: torch.Tensor
+    """(n,) bool."""
+    jitter_order: torch.Tensor
+    """(n, 4) int64: op (0 brightness, 1 contrast, 2 saturation, 3 hue) at each position, or -1
+    in every position where jitter is not applied."""
+    jitter_factors: torch.Tensor
+    """(n, 4) float32 factors of the four ops."""
+    grayscale: torch.Tensor
+    """(n,) bool."""
+    blur: torch.Tensor
+    """(n,) bool."""
+    blur_sigma: torch.Tensor
+    """(n,) float32."""
+    solarize: torch.Tensor
+    """(n,) bool."""
+
+
+_COLUMNS = 2 * CROP_ATTEMPTS + 2 + 1 + 1 + 4 + 4 + 1 + 2 + 1  # uniforms per sample, see below
+
+
+def draw_params(n: int, height: int, width: int, g: CropGroup, device: torch.device,
+                generator: torch.Generator | None = None) -> GroupParams:
+    """All random parameters of ``n`` crops of group ``g``, from one (n, 36) block of U[0, 1).
+
+    Columns: 10 area + 10 log-aspect tries, top, left, flip, jitter on/off, 4 jitter factors,
+    4 sort keys whose argsort is the op order (a uniform random permutation, as
+    ``torch.randperm(4)``), grayscale, blur on/off, blur sigma, solarize. Every column is drawn
+    whatever the settings, so changing one probability leaves the other choices unchanged.
+    """
+    a = CROP_ATTEMPTS
+    u = _rand((n, _COLUMNS), device, generator)
+    boxes = boxes_from_uniforms(u[:, :a], u[:, a:2 * a], u[:, 2 * a], u[:, 2 * a + 1],
+                                height, width, g.scale, g.ratio)
+    c = 2 * a + 2
+    flip = u[:, c] < g.flip_p
+    jitter_on = u[:, c + 1] < g.jitter_p
+    factors = jitter_factors(u[:, c + 2:c + 6], g)
+    order = torch.argsort(u[:, c + 6:c + 10], dim=1)
+    order = torch.where(jitter_on.unsqueeze(1), order, torch.full_like(order, -1))
+    c += 10
+    lo, hi = g.blur_sigma
+    return GroupParams(
+        boxes=boxes, flip=flip, jitter_order=order, jitter_factors=factors,
+        grayscale=u[:, c] < g.grayscale_p, blur=u[:, c + 1] < g.blur_p,
+        blur_sigma=u[:, c + 2] * (hi - lo) + lo, solarize=u[:, c + 3] < g.solarize_p,
+    )
 
 
 # --------------------------------------------------------------------------------------------
-# colour operations on float images in [0, 1], shape (n, 3, H, W), per-sample factors (n,)
+# colour operations on float images (n, 3, H, W) in [0, 1], per-sample factors (n,)
 # --------------------------------------------------------------------------------------------
-def _gray(x: torch.Tensor) -> torch.Tensor:
-    """ITU-R 601-2 luma as torchvision's rgb_to_grayscale: (n, 1, H, W)."""
-    return (0.2989 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
+def _per_sample(f: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor | float:
+    return f.to(x.dtype).view(-1, 1, 1, 1) if isinstance(f, torch.Tensor) else f
 
 
-def _blend(a: torch.Tensor, b: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    f = f.view(-1, 1, 1, 1)
-    return (f * a + (1 - f) * b).clamp_(0, 1)
+def rgb_to_grayscale(x: torch.Tensor) -> torch.Tensor:
+    """ITU-R 601-2 luma (n, 1, H, W), as torchvision's ``rgb_to_grayscale``."""
+    wr, wg, wb = GRAY_WEIGHTS
+    return (x[:, 0:1] * wr).add_(x[:, 1:2], alpha=wg).add_(x[:, 2:3], alpha=wb)
 
 
-def adjust_brightness(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    return (x * f.view(-1, 1, 1, 1)).clamp_(0, 1)
+def adjust_brightness(x: torch.Tensor, f) -> torch.Tensor:
+    """``clamp(f * x)``, torchvision's ``adjust_brightness`` on float images."""
+    return (x * _per_sample(f, x)).clamp_(0, 1)
 
 
-def adjust_contrast(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    mean = _gray(x).mean(dim=(1, 2, 3), keepdim=True)
-    return _blend(x, mean, f)
+def adjust_contrast(x: torch.Tensor, f) -> torch.Tensor:
+    """Blend with the mean gray level, torchvision's ``adjust_contrast`` on float images."""
+    mean = rgb_to_grayscale(x).mean(dim=(1, 2, 3), keepdim=True)
+    f = _per_sample(f, x)
+    return (x * f).add_(mean * (1 - f)).clamp_(0, 1)
 
 
-def adjust_saturation(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    return _blend(x, _gray(x), f)
+def adjust_saturation(x: torch.Tensor, f) -> torch.Tensor:
+    """Blend with the grayscale image, torchvision's ``adjust_saturation`` on float images."""
+    f = _per_sample(f, x)
+    return (x * f).add_(rgb_to_grayscale(x) * (1 - f)).clamp_(0, 1)
 
 
-def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
-    """RGB -> HSV for (n, 3, H, W) in [0, 1], the formulas of torchvision's ``_rgb2hsv``."""
-    r, g, b = x.unbind(1)
-    maxc, _ = x.max(1)
-    minc, _ = x.min(1)
-    eqc = maxc == minc
-    cr = maxc - minc
-    ones = torch.ones_like(maxc)
-    s = cr / torch.where(eqc, ones, maxc)
-    cr_div = torch.where(eqc, ones, cr)
-    rc, gc, bc = (maxc - r) / cr_div, (maxc - g) / cr_div, (maxc - b) / cr_div
-    hr = (maxc == r) * (bc - gc)
-    hg = ((maxc == g) & (maxc != r)) * (2.0 + rc - bc)
-    hb = ((maxc != g) & (maxc != r)) * (4.0 + gc - rc)
-    h = torch.fmod((hr + hg + hb) / 6.0 + 1.0, 1.0)
-    return torch.stack((h, s, maxc), dim=1)
+def _hue_sextant(x: torch.Tensor, maxc: torch.Tensor, chroma: torch.Tensor) -> torch.Tensor:
+    """HSV hue in sextants, in [-1, 5) (6 = one turn), torchvision's ``_rgb2hsv`` case rule:
+    max in red, else in green, else in blue; gray pixels (chroma 0) get 0."""
+    r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]
+    h = torch.where(maxc == g, (b - r).add_(chroma, alpha=2), (r - g).add_(chroma, alpha=4))
+    h = torch.where(maxc == r, g - b, h)
+    return h.div_(chroma.clamp(min=1e-12))
 
 
-def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
-    """HSV -> RGB, the inverse of :func:`rgb_to_hsv` (torchvision's ``_hsv2rgb``)."""
-    h, s, v = x.unbind(1)
-    i = torch.floor(h * 6.0)
-    f = h * 6.0 - i
-    i = i.to(torch.int64) % 6
-    p = (v * (1.0 - s)).clamp(0.0, 1.0)
-    q = (v * (1.0 - s * f)).clamp(0.0, 1.0)
-    t = (v * (1.0 - s * (1.0 - f))).clamp(0.0, 1.0)
-    # sector table: which of (v, q, p, t) feeds r, g, b in each of the six sectors
-    r = torch.stack((v, q, p, p, t, v), 1).gather(1, i.unsqueeze(1))
-    g = torch.stack((t, v, v, q, p, p), 1).gather(1, i.unsqueeze(1))
-    b = torch.stack((p, p, t, v, v, q), 1).gather(1, i.unsqueeze(1))
-    return torch.cat((r, g, b), dim=1)
+_SEXTANT_OFFSETS: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
 
 
-def adjust_hue(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    hsv = rgb_to_hsv(x)
-    h = torch.remainder(hsv[:, 0] + f.view(-1, 1, 1), 1.0)
-    return hsv_to_rgb(torch.stack((h, hsv[:, 1], hsv[:, 2]), dim=1))
+def adjust_hue(x: torch.Tensor, f) -> torch.Tensor:
+    """Rotate the HSV hue by ``f`` turns, as torchvision's ``adjust_hue`` (RGB -> HSV, shift,
+    HSV -> RGB), in closed form: channel k is ``max - chroma * clamp(2 - |s_k - 2|, 0, 1)``
+    with ``s_k = (hue_sextant + 6 f + (5, 3, 1)_k) mod 6`` (the standard piecewise-linear
+    hue-to-RGB map); value (max) and chroma (max - min) are kept, gray pixels stay gray."""
+    maxc = x.amax(1, keepdim=True)
+    chroma = maxc - x.amin(1, keepdim=True)
+    h = _hue_sextant(x, maxc, chroma)
+    h.add_(_per_sample(f, x) * 6)
+    key = (x.device, x.dtype)
+    if key not in _SEXTANT_OFFSETS:
+        _SEXTANT_OFFSETS[key] = torch.tensor([5.0, 3.0, 1.0], device=x.device,
+                                             dtype=x.dtype).view(1, 3, 1, 1)
+    s = (h + _SEXTANT_OFFSETS[key]).remainder_(6)
+    t = s.sub_(2).abs_().neg_().add_(2).clamp_(0, 1)
+    return torch.addcmul(maxc, chroma, t, value=-1)
 
 
-def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
-    """Separable Gaussian blur with a per-sample sigma and reflect padding (torchvision's)."""
-    n, c, h, w = x.shape
-    half = (kernel_size - 1) * 0.5
-    pos = torch.linspace(-half, half, kernel_size, device=x.device, dtype=x.dtype)
-    k = torch.exp(-0.5 * (pos.view(1, -1) / sigma.view(-1, 1).to(x.dtype)) ** 2)
-    k = k / k.sum(1, keepdim=True)  # (n, K)
-    k = k.repeat_interleave(c, dim=0)  # one kernel per (sample, channel)
-    pad = kernel_size // 2
-    y = x.reshape(1, n * c, h, w)
-    y = torch.nn.functional.pad(y, (pad, pad, pad, pad), mode="reflect")
-    y = torch.nn.functional.conv2d(y, k.view(n * c, 1, 1, kernel_size), groups=n * c)
-    y = torch.nn.functional.conv2d(y, k.view(n * c, 1, kernel_size, 1), groups=n * c)
-    return y.view(n, c, h, w)
-
-
-def solarize(x: torch.Tensor, threshold: float = 128 / 255) -> torch.Tensor:
+def solarize(x: torch.Tensor, threshold: float = SOLARIZE_THRESHOLD) -> torch.Tensor:
+    """Invert pixels at or above ``threshold``, torchvision's ``solarize`` on float images."""
     return torch.where(x >= threshold, 1.0 - x, x)
 
 
-_JITTER_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
+def gaussian_kernels(sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """(n, K) normalised 1-D Gaussians, torchvision's ``_get_gaussian_kernel1d`` per sigma."""
+    half = (kernel_size - 1) * 0.5
+    pos = torch.linspace(-half, half, kernel_size, device=sigma.device, dtype=torch.float32)
+    pdf = torch.exp(-0.5 * (pos.view(1, -1) / sigma.view(-1, 1).float()) ** 2)
+    return pdf / pdf.sum(1, keepdim=True)
 
 
-def jitter_factors(n: int, g: CropGroup, device=None, generator=None) -> torch.Tensor:
-    """(n, 4) brightness, contrast, saturation, hue factors as ``ColorJitter.get_params``."""
-    b, c, s, h = g.brightness, g.contrast, g.saturation, g.hue
-    return torch.stack([
-        _uniform(n, max(0.0, 1 - b), 1 + b, device, generator),
-        _uniform(n, max(0.0, 1 - c), 1 + c, device, generator),
-        _uniform(n, max(0.0, 1 - s), 1 + s, device, generator),
-        _uniform(n, -h, h, device, generator),
-    ], dim=1)
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """Separable Gaussian blur with one sigma per sample and reflect padding, as torchvision's
+    ``gaussian_blur`` (its 2-D kernel is the outer product of two of these 1-D kernels)."""
+    n, c, h, w = x.shape
+    kernel_size = min(kernel_size, 2 * min(h, w) - 1)  # reflect padding needs pad < side
+    k = gaussian_kernels(sigma, kernel_size).to(x.dtype).repeat_interleave(c, dim=0)
+    pad = kernel_size // 2
+    y = F.pad(x.reshape(1, n * c, h, w), (pad, pad, pad, pad), mode="reflect")
+    y = F.conv2d(y, k.view(n * c, 1, 1, kernel_size), groups=n * c)
+    y = F.conv2d(y, k.view(n * c, 1, kernel_size, 1), groups=n * c)
+    return y.view(n, c, h, w)
 
 
-def _identity_factor(op: int) -> float:
-    return 0.0 if op == 3 else 1.0
-
-
-def color_jitter(x: torch.Tensor, apply: torch.Tensor, factors: torch.Tensor,
-                 order: torch.Tensor, strengths: tuple[float, float, float, float]
+def color_jitter(x: torch.Tensor, order: torch.Tensor, factors: torch.Tensor,
+                 strengths: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
                  ) -> torch.Tensor:
-    """ColorJitter on the samples where ``apply``; each sample's 4 ops in its own ``order``.
+    """ColorJitter in place, each sample's 4 ops in its own order (torchvision's random order).
 
-    Ops whose strength is 0 are skipped, as torchvision skips them (hue 0 is the identity).
+    ``order`` (n, 4): op index per position (0 brightness, 1 contrast, 2 saturation, 3 hue;
+    -1 skips); ``factors`` (n, 4). An op whose strength is 0 is skipped, as torchvision skips
+    it. At each position one blend ``clamp(a x + b gray(x) + c mean(gray(x)))`` does the three
+    linear ops for every sample (identity a=1, b=c=0 for the others), then hue runs on the
+    samples whose op there is hue.
     """
+    n = x.shape[0]
+    enabled = torch.tensor([s != 0 for s in strengths] + [False], device=x.device)
+    ones = torch.ones(n, device=x.device, dtype=x.dtype)
+    zeros = torch.zeros_like(ones)
+    factors = factors.to(x.dtype)
     for pos in range(4):
-        for op in range(4):
-            if strengths[op] == 0:
-                continue
-            sel = (apply & (order[:, pos] == op)).nonzero().squeeze(1)
-            if sel.numel() == 0:
-                continue
-            x[sel] = _JITTER_OPS[op](x[sel], factors[sel, op])
+        op = order[:, pos].clone()
+        op[~enabled[op]] = -1  # -1 indexes the trailing False
+        if not bool((op >= 0).any()):
+            continue
+        f = factors.gather(1, op.clamp(min=0).unsqueeze(1)).squeeze(1)
+        linear = (op >= 0) & (op <= 2)
+        if bool(linear.any()):
+            a = torch.where(linear, f, ones)
+            b = torch.where(op == 2, 1 - f, zeros)
+            c = torch.where(op == 1, 1 - f, zeros)
+            if bool((op == 1).any() | (op == 2).any()):
+                gray = rgb_to_grayscale(x)
+                mean_gray = gray.mean(dim=(1, 2, 3))
+                term = gray.mul_(b.view(-1, 1, 1, 1)).add_((c * mean_gray).view(-1, 1, 1, 1))
+                x.mul_(a.view(-1, 1, 1, 1)).add_(term)
+            else:
+                x.mul_(a.view(-1, 1, 1, 1))
+            x.clamp_(0, 1)
+        sel = (op == 3).nonzero().squeeze(1)
+        if sel.numel():
+            x.index_copy_(0, sel, adjust_hue(x.index_select(0, sel), f.index_select(0, sel)))
+    return x
+
+
+def _on_subset(x: torch.Tensor, mask: torch.Tensor,
+               fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Apply ``fn(x[sel], sel)`` to the rows where ``mask``, in place."""
+    sel = mask.nonzero().squeeze(1)
+    if sel.numel():
+        x.index_copy_(0, sel, fn(x.index_select(0, sel), sel))
     return x
 
 
 # --------------------------------------------------------------------------------------------
 # the entry points
 # --------------------------------------------------------------------------------------------
-def _kernel_size(g: CropGroup) -> int:
+def blur_kernel_size(g: CropGroup) -> int:
+    """Odd kernel side: ``blur_kernel_frac`` of the crop (SimCLR's 10%), cut at 4 sigma_max."""
     k = max(3, int(round(g.blur_kernel_frac * g.size)))
-    return k if k % 2 == 1 else k + 1
+    k = k if k % 2 == 1 else k + 1
+    return min(k, 2 * math.ceil(BLUR_TRUNCATE_SIGMAS * g.blur_sigma[1]) + 1)
 
 
-def augment_group(x: torch.Tensor, g: CropGroup, generator=None) -> torch.Tensor:
-    """``g.count`` augmented crops of every image of float (B, 3, H, W) x; (count*B, 3, s, s)."""
+def _crop_resize(source: torch.Tensor, batch: int, params: GroupParams, size: int
+                 ) -> torch.Tensor:
+    """Crops of ``source`` = [images; mirrored images] (2B, C, H, W) resized to ``size``."""
     from torchvision.ops import roi_align
 
-    bsz, _, height, width = x.shape
-    n = g.count * bsz
-    dev = x.device
-    boxes = crop_boxes(n, height, width, g.scale, g.ratio, dev, generator)
-    top, left, hh, ww = boxes.unbind(1)
-    owner = torch.arange(bsz, device=dev, dtype=x.dtype).repeat(g.count)
-    rois = torch.stack([owner, left, top, left + ww, top + hh], dim=1).to(x.dtype)
-    out = roi_align(x, rois, output_size=(g.size, g.size), spatial_scale=1.0,
-                    sampling_ratio=-1, aligned=True)
-    flip = _bernoulli(n, g.flip_p, dev, generator)
-    out = torch.where(flip.view(-1, 1, 1, 1), out.flip(-1), out)
+    width = source.shape[-1]
+    n = params.boxes.shape[0]
+    top, left, h, w = params.boxes.to(source.dtype).unbind(1)
+    owner = torch.arange(n, device=source.device, dtype=source.dtype).remainder_(batch)
+    # a crop of the mirrored image at the mirrored place is the mirrored crop
+    left = torch.where(params.flip, width - left - w, left)
+    owner = owner + params.flip.to(source.dtype) * batch
+    rois = torch.stack([owner, left, top, left + w, top + h], dim=1)
+    return roi_align(source, rois, output_size=(size, size), spatial_scale=1.0,
+                     sampling_ratio=-1, aligned=True)
+
+
+def augment_group(source: torch.Tensor, batch: int, g: CropGroup, params: GroupParams
+                  ) -> torch.Tensor:
+    """``g.count`` augmented crops of each image, (count*B, 3, s, s) in [0, 1], crop-major.
+
+    ``source`` is the float batch in [0, 1] followed by its mirror image (2B, 3, H, W).
+    Order as the usual per-image pipelines: crop, flip, jitter, grayscale, blur, solarize.
+    """
+    out = _crop_resize(source, batch, params, g.size)
     strengths = (g.brightness, g.contrast, g.saturation, g.hue)
     if g.jitter_p > 0 and any(strengths):
-        apply = _bernoulli(n, g.jitter_p, dev, generator)
-        factors = jitter_factors(n, g, dev, generator)
-        order = torch.argsort(torch.rand(n, 4, device=dev, generator=generator), dim=1)
-        out = color_jitter(out, apply, factors, order, strengths)
+        color_jitter(out, params.jitter_order, params.jitter_factors, strengths)
     if g.grayscale_p > 0:
-        gray = _bernoulli(n, g.grayscale_p, dev, generator)
-        out = torch.where(gray.view(-1, 1, 1, 1), _gray(out).expand_as(out), out)
+        _on_subset(out, params.grayscale, lambda xs, _: rgb_to_grayscale(xs).expand_as(xs))
     if g.blur_p > 0:
-        sel = _bernoulli(n, g.blur_p, dev, generator).nonzero().squeeze(1)
-        sigma = _uniform(n, g.blur_sigma[0], g.blur_sigma[1], dev, generator)
-        if sel.numel():
-            out[sel] = gaussian_blur(out[sel], sigma[sel], _kernel_size(g))
+        k = blur_kernel_size(g)
+        sigma = params.blur_sigma
+        _on_subset(out, params.blur, lambda xs, sel: gaussian_blur(xs, sigma[sel], k))
     if g.solarize_p > 0:
-        sol = _bernoulli(n, g.solarize_p, dev, generator)
-        out = torch.where(sol.view(-1, 1, 1, 1), solarize(out), out)
+        _on_subset(out, params.solarize, lambda xs, _: solarize(xs))
     return out
 
 
-def _normalise(x: torch.Tensor, mean, std) -> torch.Tensor:
-    m = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-    s = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-    return (x - m) / s
+def _normalise_(x: torch.Tensor, mean, std) -> torch.Tensor:
+    """``(x - mean) / std`` per channel in place, as torchvision's ``Normalize``."""
+    m = torch.as_tensor(mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+    s = torch.as_tensor(std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+    return x.sub_(m).div_(s)
+
+
+def _check_batch(images: torch.Tensor) -> None:
+    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.ndim != 4:
+        what = (f"{images.dtype} {tuple(images.shape)}" if isinstance(images, torch.Tensor)
+                else type(images).__name__)
+        raise ValueError(f"expected a uint8 (B, 3, H, W) image batch, got {what}")
+    if images.shape[1] != 3 or images.shape[0] == 0:
+        raise ValueError(f"expected a non-empty batch of RGB images (B, 3, H, W), got "
+                         f"{tuple(images.shape)}")
 
 
 @torch.no_grad()
 def make_views(images: torch.Tensor, spec: ViewSpec,
                generator: torch.Generator | None = None) -> Views:
-    """Augmented crops of a uint8 (B, C, H, W) batch, on the batch's device.
+    """Augmented crops of a uint8 (B, 3, H, W) batch, made on the batch's device.
 
-    Returns :class:`Views` with one float32 tensor per crop group, normalised, crop-major.
+    Every random choice is per sample (:func:`draw_params`), drawn with ``generator`` (on its
+    own device; None: the global generator of the batch's device). Returns :class:`Views`
+    with one float32 tensor (count*B, 3, size, size) per crop group, normalised, crop-major
+    (rows [k*B:(k+1)*B] are crop k of every image). Made under ``no_grad`` (not
+    ``inference_mode``, so the crops can enter autograd).
     """
-    if images.dtype != torch.uint8 or images.ndim != 4:
-        raise ValueError(f"expected a uint8 (B, C, H, W) batch, got {images.dtype} "
-                         f"{tuple(images.shape)}")
-    x = images.float().div_(255)
-    groups = [_normalise(augment_group(x, g, generator), spec.mean, spec.std)
-              for g in spec.groups]
+    _check_batch(images)
+    batch, _, height, width = images.shape
+    device = images.device
+    source = torch.empty((2 * batch, 3, height, width), device=device, dtype=torch.float32)
+    torch.mul(images, 1 / 255, out=source[:batch])
+    source[batch:] = source[:batch].flip(-1)
+    groups = []
+    for g in spec.groups:
+        params = draw_params(g.count * batch, height, width, g, device, generator)
+        groups.append(_normalise_(augment_group(source, batch, g, params), spec.mean, spec.std))
     return Views(groups, [g.count for g in spec.groups])
 
 
 @torch.no_grad()
-def eval_view(images: torch.Tensor, size: int, mean=CIFAR_MEAN, std=CIFAR_STD) -> torch.Tensor:
-    """Deterministic evaluation view: shorter side resized to ``size``, centre crop, normalised."""
+def eval_view(images: torch.Tensor, size: int, mean=CIFAR_MEAN, std=CIFAR_STD,
+              crop_fraction: float = EVAL_CROP_FRACTION) -> torch.Tensor:
+    """Deterministic evaluation view of a uint8 (B, 3, H, W) batch, float32 normalised.
+
+    Square images of ``size`` pass unchanged. Otherwise the usual ImageNet protocol:
+    torchvision ``Resize(r)`` (shorter side to r, bilinear, anti-aliased) with
+    r = int(size / crop_fraction) for images larger than ``size`` (256 for 224) and r = size
+    for smaller ones, then ``CenterCrop(size)``.
+    """
+    _check_batch(images)
     x = images.float().div_(255)
     h, w = x.shape[-2:]
     if (h, w) != (size, size):
-        scale = size / min(h, w)
-        nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-        x = torch.nn.functional.interpolate(x, size=(nh, nw), mode="bilinear",
-                                            align_corners=False, antialias=True)
-        top, left = (nh - size) // 2, (nw - size) // 2
-        x = x[..., top:top + size, left:left + size]
-    return _normalise(x, mean, std)
+        short, long = min(h, w), max(h, w)
+        target = int(size / crop_fraction) if short > size else size
+        if short != target:
+            new_long = int(target * long / short)
+            nh, nw = (target, new_long) if h <= w else (new_long, target)
+            x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False,
+                              antialias=True)
+            h, w = nh, nw
+        top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+        x = x[..., top:top + size, left:left + size].contiguous()
+    return _normalise_(x, mean, std)
 
 
 # --------------------------------------------------------------------------------------------
@@ -358,34 +520,39 @@ def _stats(image_size: int):
     return (CIFAR_MEAN, CIFAR_STD) if image_size <= 64 else (IMAGENET_MEAN, IMAGENET_STD)
 
 
-def swav_views(image_size: int, n_local: int = 4, local_size: int | None = None,
-               global_scale=(0.14, 1.0), local_scale=(0.05, 0.14)) -> ViewSpec:
-    """SwAV multi-crop (Sec. 3.2): 2 global crops + ``n_local`` small ones.
+def swav_views(image_size: int, n_local: int | None = None, local_size: int | None = None,
+               global_scale=(0.14, 1.0), local_scale=(0.05, 0.14),
+               global_size: int | None = None) -> ViewSpec:
+    """SwAV multi-crop (Caron et al. 2020, Sec. 3.2): 2 global crops + ``n_local`` small ones.
 
-    ImageNet sizes are 224 + 96 (App. A.1); for small images the local crop is half the size
-    (32 -> 16). Jitter strength 0.8 with hue 0.2, grayscale 0.2, blur 0.5 on 224-px crops
-    only (blur is skipped on small images, as the CIFAR recipes do).
+    ImageNet sizes (images >= 192 px): 2 x ``global_size`` (default the image size; 224 in the
+    paper) + 6 x 96, scales (0.14, 1) and (0.05, 0.14) (App. A.1 / official code). Smaller
+    images: 2 x image size + 4 local crops of half the size (CIFAR: 2x32 + 4x16). Colour
+    distortion of strength 1 (jitter 0.8, 0.8, 0.8, 0.2 with p=0.8, grayscale 0.2) on every
+    crop; blur p=0.5 only when images are >= 96 px (the CIFAR recipes leave it out).
     """
     mean, std = _stats(image_size)
-    local_size = local_size or (96 if image_size >= 192 else max(8, image_size // 2))
+    large = image_size >= 192
+    n_local = (6 if large else 4) if n_local is None else n_local
+    local_size = local_size or (96 if large else max(1, image_size // 2))
     blur = 0.5 if image_size >= 96 else 0.0
     common = dict(brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2, jitter_p=0.8,
                   grayscale_p=0.2, blur_p=blur)
-    groups = [CropGroup(count=2, size=image_size, scale=global_scale, **common)]
+    groups = [CropGroup(count=2, size=global_size or image_size, scale=tuple(global_scale),
+                        **common)]
     if n_local > 0:
-        groups.append(CropGroup(count=n_local, size=local_size, scale=local_scale, **common))
+        groups.append(CropGroup(count=n_local, size=local_size, scale=tuple(local_scale),
+                                **common))
     return ViewSpec(groups=groups, mean=mean, std=std)
 
 
 def simclr_views(image_size: int) -> ViewSpec:
-    """SimCLR (Chen et al. 2020, App. A): crop (0.08, 1), colour jitter p=0.8 of strength 1.0
-    (0.8, 0.8, 0.8, 0.2) on ImageNet and 0.5 on CIFAR (App. B.9), gray 0.2, blur 0.5 at ImageNet
-    size (none on CIFAR, as in the paper's CIFAR experiments)."""
+    """SimCLR (Chen et al. 2020, App. A): crop (0.08, 1), jitter 0.8 strength p=0.8, gray 0.2,
+    blur 0.5 at ImageNet size (none on CIFAR, as in the paper's CIFAR experiments)."""
     mean, std = _stats(image_size)
-    s = 1.0 if image_size >= 96 else 0.5
-    g = CropGroup(count=2, size=image_size, scale=(0.08, 1.0), brightness=0.8 * s,
-                  contrast=0.8 * s, saturation=0.8 * s, hue=0.2 * s, jitter_p=0.8,
-                  grayscale_p=0.2, blur_p=0.5 if image_size >= 96 else 0.0)
+    g = CropGroup(count=2, size=image_size, scale=(0.08, 1.0), brightness=0.8, contrast=0.8,
+                  saturation=0.8, hue=0.2, jitter_p=0.8, grayscale_p=0.2,
+                  blur_p=0.5 if image_size >= 96 else 0.0)
     return ViewSpec(groups=[g], mean=mean, std=std)
 
 
@@ -399,13 +566,27 @@ def mocov2_views(image_size: int) -> ViewSpec:
     return ViewSpec(groups=[g], mean=mean, std=std)
 
 
-PRESETS = {
+def eval_views(image_size: int) -> ViewSpec:
+    """One un-augmented view: the whole (square) image resized to ``image_size``, no randomness.
+
+    For square images of ``image_size`` px this equals :func:`eval_view`; non-square images get
+    their central square (RandomResizedCrop's fallback with scale and ratio fixed at 1).
+    """
+    mean, std = _stats(image_size)
+    g = CropGroup(count=1, size=image_size, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_p=0.0,
+                  jitter_p=0.0, brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0,
+                  grayscale_p=0.0, blur_p=0.0, solarize_p=0.0)
+    return ViewSpec(groups=[g], mean=mean, std=std)
+
+
+PRESETS: dict[str, Callable[[int], ViewSpec]] = {
     "swav": swav_views,
     "swav_2crops": lambda image_size: swav_views(image_size, n_local=0),
-    "swav_imagenet": lambda image_size=224: swav_views(224, n_local=6),
     "simclr": simclr_views,
     "mocov2": mocov2_views,
+    "eval": eval_views,
 }
+"""View presets by name: each takes the image size in pixels."""
 
 
 def preset(name: str, image_size: int) -> ViewSpec:

@@ -1,0 +1,140 @@
+"""Regenerate the tables in benchmarks/README.md and README.md from benchmarks/results/*.json.
+
+    python benchmarks/make_tables.py
+
+Each table sits between ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->`` markers; a result
+file that is missing leaves its table as it is.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+
+
+def load(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def f3(v) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+def f0(v) -> str:
+    return "-" if v is None else f"{v:,.0f}"
+
+
+def table_views(r: dict) -> str:
+    lines = ["| input | crops | ours (img/s) | lightly SwaVTransform, 2 workers (img/s) | ratio |",
+             "|---|---|---|---|---|"]
+    for row in r["rows"]:
+        ratio = f"{row['ratio']:.1f}x" if row.get("ratio") else "-"
+        lines.append(f"| {row['input']} | {row['crops']} | {f0(row['ours_images_per_s'])} | "
+                     f"{f0(row.get('lightly_images_per_s'))} | {ratio} |")
+    return "\n".join(lines)
+
+
+def table_knn(r: dict) -> str:
+    lines = ["| search | time (s) | agreement with sklearn |", "|---|---|---|"]
+    for row in r["rows"]:
+        agree = "-" if row.get("agreement") is None else f"{row['agreement']:.4f}"
+        lines.append(f"| {row['name']} | {row['time_s']:.2f} | {agree} |")
+    return "\n".join(lines)
+
+
+def table_swav(r: dict) -> str:
+    lines = ["| variant | kNN top-1 k=20 T=0.07 | kNN top-1 k=200 T=0.1 | final loss | "
+             "train images/s |", "|---|---|---|---|---|"]
+    for name, row in r["rows"].items():
+        lines.append(f"| {name} | {f3(row['knn']['k20_t0.07']['top1'])} | "
+                     f"{f3(row['knn']['k200_t0.1']['top1'])} | {row['final_loss']:.3f} | "
+                     f"{f0(row['images_per_s'])} |")
+    if "speedup_vs_lightly" in r:
+        lines.append(f"\nssl-zoo / lightly: **{r['speedup_vs_lightly']:.1f}x** the images/s, "
+                     f"kNN top-1 (k=20) {r['knn_k20_delta_vs_lightly']:+.3f}.")
+    return "\n".join(lines)
+
+
+def table_compare(r: dict) -> str:
+    lines = ["| method | kNN k=20 T=0.07 | kNN k=200 T=0.1 | linear | NMI | train images/s |"
+             " wall (s) |", "|---|---|---|---|---|---|---|"]
+
+    def h(ev):
+        knn = ev.get("knn") or {}
+        return (f3((knn.get("k20_t0.07") or {}).get("top1")),
+                f3((knn.get("k200_t0.1") or {}).get("top1")),
+                f3((ev.get("linear") or {}).get("test_top1")),
+                f3((ev.get("clustering") or {}).get("nmi")))
+
+    if r.get("random_init"):
+        a, b, c, d = h(r["random_init"])
+        lines.append(f"| random init | {a} | {b} | {c} | {d} | - | - |")
+    for m in r["methods"]:
+        a, b, c, d = h(m["eval"])
+        lines.append(f"| {m['method']} | {a} | {b} | {c} | {d} | "
+                     f"{f0(m['train']['images_per_s'])} | {f0(m['train']['wall_s'])} |")
+    return "\n".join(lines)
+
+
+def table_claims(r: dict) -> str:
+    lines = ["| claim | variant | kNN top-1 k=20 | kNN top-1 k=200 | holds here |",
+             "|---|---|---|---|---|"]
+    for c in r["claims"]:
+        for i, v in enumerate(c["variants"]):
+            lines.append(f"| {c['claim'] if i == 0 else ''} | {v['label']} | "
+                         f"{f3(v['knn_k20_top1'])} | {f3(v['knn_k200_top1'])} | "
+                         f"{('yes' if c['holds'] else 'no') if i == 0 else ''} |")
+    return "\n".join(lines)
+
+
+def table_loss_scaling(r: dict) -> str:
+    lines = ["| batch | SwAV loss (s) | SimCLR loss (s) | SimCLR / SwAV time | SwAV peak MiB |"
+             " SimCLR peak MiB |", "|---|---|---|---|---|---|"]
+
+    def t(x: dict) -> str:
+        return f"{x['time_s']:.3f}" if "time_s" in x else x.get("error", "-")
+
+    for row in r["rows"]:
+        s, c = row["swav"], row["simclr"]
+        ratio = row.get("time_ratio_simclr_over_swav")
+        lines.append(f"| {row['batch']:,} | {t(s)} | {t(c)} | "
+                     f"{'-' if ratio is None else f'{ratio:.2f}x'} | "
+                     f"{f0(s.get('peak_memory_mb'))} | {f0(c.get('peak_memory_mb'))} |")
+    return "\n".join(lines)
+
+
+def table_ddp(r: dict) -> str:
+    lines = ["| processes | threads each | global batch | train images/s |", "|---|---|---|---|"]
+    for row in r["rows"]:
+        lines.append(f"| {row['processes']} | {row['threads_per_process']} | "
+                     f"{row['global_batch']} | {f0(row['images_per_s'])} |")
+    return "\n".join(lines)
+
+
+TABLES = {"views": table_views, "knn": table_knn, "swav_vs_lightly": table_swav,
+          "compare": table_compare, "swav_claims": table_claims,
+          "loss_scaling_cpu": table_loss_scaling, "ddp_cpu": table_ddp}
+
+
+def fill(path: Path) -> None:
+    text = path.read_text()
+    for name, fn in TABLES.items():
+        r = load(name)
+        pattern = re.compile(rf"(<!-- table:{name} -->\n).*?(<!-- /table:{name} -->)", re.S)
+        if r is None or not pattern.search(text):
+            continue
+        body = fn(r) + "\n\n" + f"_{r.get('what', '')}_  \n_Machine: {r['machine']['cpu_count']}" \
+            f" cores, torch {r['machine']['torch']}, {r['machine']['date']}._\n"
+        text = pattern.sub(lambda m, b=body: m.group(1) + b + m.group(2), text)
+    path.write_text(text)
+    print(f"updated {path}")
+
+
+if __name__ == "__main__":
+    fill(HERE / "README.md")
+    fill(HERE.parent / "README.md")
