@@ -143,7 +143,7 @@ def test_folder_loading_in_workers_equals_main_process(tmp_path):
 def test_bad_files(tmp_path):
     _write_folder(tmp_path / "imgs")
     (tmp_path / "imgs" / "ant" / "x.png").write_bytes(b"\x89PNG broken")
-    with pytest.raises(DataError, match=r"unreadable image .*x\.png"):
+    with pytest.raises(DataError, match=r"unreadable image: .*x\.png"):
         open_source(f"folder:{tmp_path}/imgs")
     d = open_source(f"folder:{tmp_path}/imgs", skip_bad_images=True)
     assert d.train.skipped == 1 and len(d.train) == 6

@@ -82,7 +82,7 @@ def test_matches_fifo_model(length, sizes):
 
 def test_state_dict_round_trip_into_fresh_module():
     q = FeatureQueue(6, 3, seed=1)
-    for i in range(4):
+    for _ in range(4):
         q.enqueue(torch.randn(4, 3))
     fresh = FeatureQueue(6, 3, seed=2)
     assert not torch.equal(fresh.features, q.features)

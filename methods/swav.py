@@ -1,0 +1,488 @@
+"""SwAV (Caron et al. 2020, "Unsupervised Learning of Visual Features by Contrasting Cluster
+Assignments", NeurIPS).
+
+Algorithm (Sec. 3.1, App. A.1 Algorithm 1, with multi-crop from Sec. 3.2): every crop goes
+through the backbone and an MLP head to a unit embedding z, scored against K unit prototypes c
+(scores z^T c are cosines). For the crops in ``crops_for_assign`` (the two global crops) the
+codes q are computed without gradient by a few Sinkhorn-Knopp iterations that split the batch
+equally among the prototypes; every other crop then has to predict those codes through
+softmax(z^T c / T). The loss is the cross-entropy of that swapped prediction, averaged over all
+(assigned crop, predicting crop) pairs. Small batches add a queue of embeddings from earlier
+batches to the Sinkhorn problem (Sec. 4.3 / App. A.1), so that it sees enough samples.
+
+Where we differ from the official code (facebookresearch/swav, ``main_swav.py``), and why:
+
+- Sinkhorn runs in the log domain (:func:`sinkhorn`). In exact arithmetic it is the same
+  iteration; in float32 it cannot overflow or underflow whatever ``epsilon`` (the official
+  ``exp(scores / epsilon)`` of cosines overflows or underflows float32 below epsilon ~ 0.011).
+- The queue is one global queue kept identical on every rank (the batch embeddings of all ranks
+  are gathered into it); each rank puts its own ``1 / world_size`` slice of it into the
+  distributed Sinkhorn. The official code keeps a separate queue of local embeddings per rank.
+  Both give the same Sinkhorn problem (the same set of rows), but ours can be checkpointed by
+  rank 0 alone and resumed with another number of processes.
+- Prototype scores and codes are computed in float32 with autocast off, whatever the AMP
+  setting (the official code runs them in fp16 under apex O1).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from ssl_zoo.data.views import Views, ViewSpec, swav_views
+from ssl_zoo.errors import ConfigError
+from ssl_zoo.method import Method, MethodConfig, StepOutput, TrainContext
+from ssl_zoo.modules import distributed as D
+from ssl_zoo.modules.heads import mlp_head
+from ssl_zoo.modules.prototypes import Prototypes
+from ssl_zoo.modules.queue import FeatureQueue
+
+
+# --------------------------------------------------------------------------------------------
+# pure functions
+# --------------------------------------------------------------------------------------------
+def _all_reduce_max_(t: torch.Tensor) -> torch.Tensor:
+    """Element-wise maximum of ``t`` over all ranks, in place (identity in one process)."""
+    if D.is_distributed():
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t
+
+
+def _log_sum_over_samples(log_q: torch.Tensor) -> torch.Tensor:
+    """``log sum_b exp(log_q[b, k])`` over the rows of every rank: (1, K), same on all ranks.
+
+    The shift is each prototype's maximum over all samples of all ranks (all-reduce MAX), so the
+    largest term is exactly 1 and the sum can neither overflow nor vanish.
+    """
+    shift = _all_reduce_max_(log_q.max(dim=0, keepdim=True).values)
+    total = D.all_reduce_sum(torch.exp(log_q - shift).sum(dim=0, keepdim=True))
+    return shift + torch.log(total)
+
+
+@torch.no_grad()
+def sinkhorn(scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 3,
+             use_float64: bool = False) -> torch.Tensor:
+    """Soft codes (B, K), rows summing to 1, from scores (B, K) by Sinkhorn-Knopp with
+    equipartition of the batch among the K prototypes (SwAV Sec. 3.1 Eq. 3, App. A.1 Alg. 1).
+
+    Q = exp(scores / epsilon) is alternately rescaled ``iterations`` times so that every
+    prototype gets total mass 1/K over the batch and every sample mass 1/B; the returned codes are
+    B Q (the per-sample step comes last, so rows sum to 1 exactly up to rounding).
+
+    Computed in float32 (float64 with ``use_float64``) with autocast off, whatever the dtype of
+    ``scores``, and in the log domain: each normalisation subtracts a log-sum-exp, itself shifted
+    by a maximum. This is the same iteration as the paper's pseudo-code; a global max subtraction
+    would be exact too, but a per-prototype max is as exact (a per-prototype factor is absorbed
+    by the per-prototype normalisation) and, unlike a multiplicative iteration, the log domain
+    cannot underflow at small ``epsilon``.
+
+    Distributed: the per-prototype sums (and their shifts: all-reduce MAX) run over the rows of
+    all ranks, the per-sample sums stay local, and B is the sum of the ranks' row counts, so
+    ranks holding parts of a batch get exactly the codes of one process holding all of it.
+    Without a process group it runs alone.
+    """
+    if scores.ndim != 2:
+        raise ValueError(f"expected scores of shape (B, K), got {tuple(scores.shape)}")
+    if not epsilon > 0:
+        raise ValueError(f"epsilon must be > 0, got {epsilon}")
+    if iterations < 1:
+        raise ValueError(f"iterations must be >= 1, got {iterations}")
+    dtype = torch.float64 if use_float64 else torch.float32
+    with torch.autocast(scores.device.type, enabled=False):
+        log_q = scores.detach().to(dtype) / epsilon
+        n_rows = torch.tensor(float(log_q.shape[0]), dtype=dtype, device=log_q.device)
+        log_n = torch.log(D.all_reduce_sum(n_rows))  # global B
+        log_k = math.log(log_q.shape[1])
+        for _ in range(iterations):
+            log_q = log_q - (_log_sum_over_samples(log_q) + log_k)  # each prototype: 1/K
+            log_q = log_q - (torch.logsumexp(log_q, dim=1, keepdim=True) + log_n)  # each: 1/B
+        return torch.exp(log_q + log_n)
+
+
+def swapped_prediction_loss(scores_per_crop: Sequence[torch.Tensor],
+                            codes_per_assigned_crop: Sequence[torch.Tensor],
+                            crops_for_assign: Sequence[int] = (0, 1),
+                            temperature: float = 0.1) -> torch.Tensor:
+    """SwAV swapped-prediction loss (Sec. 3.1 Eq. 1-2; multi-crop Sec. 3.2, Eq. 5).
+
+    ``scores_per_crop[v]`` (B, K) are crop v's prototype scores; ``codes_per_assigned_crop[j]``
+    (B, K) the codes of crop ``crops_for_assign[j]``. Returns the mean, over all pairs (assigned
+    crop s, crop t != s), of the batch mean of ``-sum_k q_s[b, k] log softmax(scores_t[b] / T)_k``.
+    Computed in float32 (float64 for float64 scores) with autocast off.
+    """
+    n_crops = len(scores_per_crop)
+    if len(codes_per_assigned_crop) != len(crops_for_assign):
+        raise ValueError(f"{len(codes_per_assigned_crop)} codes for "
+                         f"{len(crops_for_assign)} assigned crops")
+    if n_crops < 2 or not crops_for_assign:
+        raise ValueError("the swapped prediction needs >= 2 crops and >= 1 assigned crop")
+    if not all(0 <= c < n_crops for c in crops_for_assign):
+        raise ValueError(f"crops_for_assign {tuple(crops_for_assign)} out of range for "
+                         f"{n_crops} crops")
+    device = scores_per_crop[0].device
+    with torch.autocast(device.type, enabled=False):
+        dtype = torch.promote_types(scores_per_crop[0].dtype, torch.float32)
+        log_p = torch.stack([F.log_softmax(s.to(dtype) / temperature, dim=1)
+                             for s in scores_per_crop])  # (V, B, K)
+        log_p_sum = log_p.sum(dim=0)
+        loss = log_p.new_zeros(())
+        for crop, q in zip(crops_for_assign, codes_per_assigned_crop):
+            others = log_p_sum - log_p[crop]  # sum over the crops t != s
+            loss = loss - (q.detach().to(others.dtype) * others).sum(dim=1).mean()
+        return loss / (len(crops_for_assign) * (n_crops - 1))
+
+
+# --------------------------------------------------------------------------------------------
+# config
+# --------------------------------------------------------------------------------------------
+@dataclass
+class SwAVConfig(MethodConfig):
+    """SwAV hyper-parameters. The defaults are for small scale (small ConvNet, 32-px images,
+    batch 128, Adam), where SwAV learned only with few prototypes and a low epsilon (5,000
+    CIFAR-10 images, 30 epochs). The paper's ImageNet settings are in :data:`PRESETS`."""
+
+    # --- projection head and prototypes ---
+    feat_dim: int = 128
+    """Size of the L2-normalised embedding the prototypes score (paper: 128)."""
+    hidden_dim: int = 0
+    """Hidden width of the 2-layer MLP head; 0: the backbone's feature size (2048 for ResNet-50,
+    as the paper; 512 for ResNet-18; 256 for the small ConvNet)."""
+    num_prototypes: int = 100
+    """K, the number of prototypes (paper: 3000 on ImageNet; on 5,000 CIFAR-10 images 30-100
+    learned, 512 stayed near ln K)."""
+    learn_prototypes: bool = True
+    """False: fixed random unit prototypes that are never trained (ablation, Sec. 4.3)."""
+    freeze_prototypes_iters: int = 0
+    """Keep the prototypes fixed for this many first iterations by dropping their gradient
+    (paper: 313 at batch 4096, 5005 at batch 256)."""
+
+    # --- codes (Sinkhorn) ---
+    epsilon: float = 0.03
+    """Entropy weight of the Sinkhorn codes; lower is peakier (paper: 0.05; 0.03 learns better
+    at small scale)."""
+    sinkhorn_iterations: int = 3
+    """Sinkhorn-Knopp iterations (paper: 3)."""
+    sinkhorn_float64: bool = False
+    """Run Sinkhorn in float64 instead of float32."""
+    hard_assignment_iters: int = 0
+    """Use one-hot codes (argmax of the Sinkhorn codes) for this many first iterations."""
+    crops_for_assign: tuple[int, ...] = (0, 1)
+    """Crops whose codes are computed and predicted by all others (paper: the 2 global crops)."""
+
+    # --- swapped prediction ---
+    temperature: float = 0.1
+    """Softmax temperature of the predictions (paper: 0.1)."""
+
+    # --- queue ---
+    queue_length: int = 0
+    """Embeddings from earlier batches added to Sinkhorn per assigned crop, over all processes;
+    0: no queue. A multiple of the global batch (paper: 3840 at batch 256)."""
+    queue_start_epoch: int = 3
+    """First epoch (0-based) whose embeddings fill the queue; it is used once full (paper: 15)."""
+
+    # --- default views (multi-crop, Sec. 3.2) ---
+    n_local: int = 4
+    """Low-resolution crops besides the 2 global ones (paper: 6)."""
+    local_size: int = 0
+    """Size of the local crops in pixels; 0: half the image size (96 for images >= 192 px)."""
+    global_scale: tuple[float, float] = (0.14, 1.0)
+    """Area range of the global crops, as a fraction of the image (paper: 0.14-1)."""
+    local_scale: tuple[float, float] = (0.05, 0.14)
+    """Area range of the local crops (paper: 0.05-0.14)."""
+
+    # --- collapse monitor ---
+    collapse_patience_iters: int = 100
+    """Warn once when the loss stays at ln K, or <= 2 prototypes are used, for this many
+    consecutive iterations; 0: never warn."""
+
+    def validate(self, image_size: int, batch_size: int, dataset_size: int) -> None:
+        """Raise ConfigError for values that cannot work; ``batch_size`` is the global batch."""
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise ConfigError(f"method.{msg}")
+
+        need(self.feat_dim >= 1, f"feat_dim must be >= 1, got {self.feat_dim}")
+        need(self.hidden_dim >= 0, f"hidden_dim must be >= 0 (0: backbone size), got "
+                                   f"{self.hidden_dim}")
+        need(self.num_prototypes >= 2, f"num_prototypes must be >= 2 (one prototype makes the "
+                                       f"loss 0), got {self.num_prototypes}")
+        if dataset_size > 0:
+            need(self.num_prototypes <= dataset_size,
+                 f"num_prototypes: {self.num_prototypes} prototypes for {dataset_size} images "
+                 f"cannot be filled equally; use at most {dataset_size} (30-100 work at "
+                 f"small scale)")
+        need(self.epsilon > 0, f"epsilon must be > 0 (paper: 0.05), got {self.epsilon}")
+        need(self.temperature > 0, f"temperature must be > 0 (paper: 0.1), got "
+                                   f"{self.temperature}")
+        need(self.sinkhorn_iterations >= 1,
+             f"sinkhorn_iterations must be >= 1 (paper: 3), got {self.sinkhorn_iterations}")
+        for name in ("freeze_prototypes_iters", "hard_assignment_iters", "queue_start_epoch",
+                     "collapse_patience_iters", "n_local", "local_size"):
+            need(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
+        n_crops = 2 + self.n_local
+        need(len(self.crops_for_assign) >= 1, "crops_for_assign must name at least one crop")
+        need(len(set(self.crops_for_assign)) == len(self.crops_for_assign),
+             f"crops_for_assign has repeated crops: {tuple(self.crops_for_assign)}")
+        need(all(0 <= c < n_crops for c in self.crops_for_assign),
+             f"crops_for_assign {tuple(self.crops_for_assign)}: crop indices must be in "
+             f"0..{n_crops - 1} (2 global + {self.n_local} local crops); the paper uses (0, 1)")
+        need(self.local_size <= image_size,
+             f"local_size: {self.local_size}-px local crops of {image_size}-px images; use at "
+             f"most {image_size} (0: half the image size)")
+        for name in ("global_scale", "local_scale"):
+            lo, hi = getattr(self, name)
+            need(0 < lo <= hi <= 1, f"{name} must satisfy 0 < min <= max <= 1, got "
+                                    f"{getattr(self, name)}")
+        need(self.queue_length >= 0, f"queue_length must be >= 0 (0: no queue), got "
+                                     f"{self.queue_length}")
+        if self.queue_length > 0:
+            lower = max(batch_size, self.queue_length // batch_size * batch_size)
+            need(self.queue_length % batch_size == 0,
+                 f"queue_length {self.queue_length} must be a multiple of the global batch "
+                 f"{batch_size}; use e.g. {lower} or {lower + batch_size}")
+        rows = batch_size + self.queue_length
+        if self.num_prototypes > rows:
+            warnings.warn(
+                f"SwAV: {self.num_prototypes} prototypes but only {rows} embeddings per "
+                f"Sinkhorn problem (batch + queue): the equipartition forces every code to "
+                f"spread over >= {self.num_prototypes / rows:.1f} prototypes. The paper adds a "
+                f"queue for small batches: queue_length >= {self.num_prototypes - batch_size} "
+                f"(a multiple of {batch_size}), or use fewer prototypes.",
+                stacklevel=2,
+            )
+
+
+# Paper settings (ResNet-50, ImageNet; official scripts swav_800ep_pretrain.sh and
+# swav_400ep_bs256_pretrain.sh). "method": SwAVConfig fields; "train": the trainer's TrainConfig
+# fields (batch_size per process; lr_per_256 = paper base lr x 256 / global batch, so the peak lr
+# is the paper's; final_lr_ratio = final lr / base lr; the official warm-up starts at 0.3, ours at
+# 0); "run": other RunConfig fields; "processes": GPUs the paper used (global batch = batch_size x
+# processes). The paper's fp16 (apex O1) is our amp "auto" (bf16 on CUDA).
+_PAPER_METHOD = {
+    "num_prototypes": 3000, "epsilon": 0.05, "sinkhorn_iterations": 3, "temperature": 0.1,
+    "feat_dim": 128, "hidden_dim": 2048, "n_local": 6, "local_size": 96,
+    "crops_for_assign": (0, 1), "global_scale": (0.14, 1.0), "local_scale": (0.05, 0.14),
+}
+_PAPER_TRAIN = {
+    "optimizer": "lars", "final_lr_ratio": 0.001, "weight_decay": 1e-6, "momentum": 0.9,
+    "lars_eta": 0.001, "batch_size": 64, "amp": "auto", "sync_bn": True,
+}
+PRESETS: dict[str, dict[str, Any]] = {
+    "imagenet-bs4096": {  # 800 epochs, 64 GPUs x 64 images, LARS base lr 4.8
+        "method": {**_PAPER_METHOD, "queue_length": 0, "freeze_prototypes_iters": 313},
+        "train": {**_PAPER_TRAIN, "lr_per_256": 4.8 * 256 / 4096, "warmup_epochs": 10,
+                  "epochs": 800},
+        "run": {"backbone": "resnet50", "image_size": 224},
+        "processes": 64,
+    },
+    "imagenet-bs256": {  # 400 epochs, 4 GPUs x 64 images, base lr 0.6, queue from epoch 15
+        "method": {**_PAPER_METHOD, "queue_length": 3840, "queue_start_epoch": 15,
+                   "freeze_prototypes_iters": 5005},
+        "train": {**_PAPER_TRAIN, "lr_per_256": 0.6, "warmup_epochs": 0, "epochs": 400},
+        "run": {"backbone": "resnet50", "image_size": 224},
+        "processes": 4,
+    },
+    # measured to learn on 2 CPU cores: 5,000 CIFAR-10 images, small ConvNet, 30 epochs,
+    # kNN top-1 0.399 against 0.362 at random initialisation
+    "cpu-small": {
+        "method": {"num_prototypes": 100, "epsilon": 0.03, "n_local": 4, "queue_length": 0},
+        "train": {"optimizer": "adam", "lr_per_256": 2e-3, "batch_size": 128, "epochs": 30},
+        "run": {"backbone": "convnet"},
+        "processes": 1,
+    },
+}
+
+
+# --------------------------------------------------------------------------------------------
+# the method
+# --------------------------------------------------------------------------------------------
+class SwAV(Method):
+    """SwAV: predict the Sinkhorn cluster codes of one crop from the other crops."""
+
+    name = "swav"
+    description = "swapped prediction of equipartitioned cluster codes (Caron et al. 2020)"
+    Config = SwAVConfig
+    config: SwAVConfig
+
+    iteration: torch.Tensor
+    epoch: torch.Tensor
+
+    def __init__(self, backbone: nn.Module, feature_dim: int, config: SwAVConfig | None = None):
+        super().__init__(backbone, feature_dim, config)
+        c = self.config
+        self.projection = mlp_head(feature_dim, c.hidden_dim or feature_dim, c.feat_dim)
+        self.prototypes = Prototypes(c.feat_dim, c.num_prototypes, learnable=c.learn_prototypes)
+        # one queue per assigned crop; filled (FeatureQueue.filled) from queue_start_epoch
+        self.queues = nn.ModuleList(
+            [FeatureQueue(c.queue_length, c.feat_dim) for _ in c.crops_for_assign]
+            if c.queue_length > 0 else [])
+        self.register_buffer("iteration", torch.zeros((), dtype=torch.long))  # steps done
+        self.register_buffer("epoch", torch.zeros((), dtype=torch.long))  # current epoch
+        self._collapse_streak: torch.Tensor | None = None  # (loss at ln K, usage <= 2) streaks
+        self._collapse_calls = 0
+        self._collapse_warned = False
+
+    @classmethod
+    def default_views(cls, config: SwAVConfig, image_size: int) -> ViewSpec:
+        """2 global crops at ``image_size`` + ``n_local`` local crops (multi-crop, Sec. 3.2)."""
+        return swav_views(image_size, n_local=config.n_local,
+                          local_size=config.local_size or None,
+                          global_scale=tuple(config.global_scale),
+                          local_scale=tuple(config.local_scale))
+
+    # --- pieces ---------------------------------------------------------------------------------
+    def embed(self, features: torch.Tensor) -> torch.Tensor:
+        """Unit embeddings (float32) of backbone features through the projection head."""
+        z = self.projection(features)
+        with torch.autocast(z.device.type, enabled=False):
+            return F.normalize(z.float(), dim=1)
+
+    def _queue_rows(self, queue: FeatureQueue) -> torch.Tensor:
+        """This rank's share of the (globally identical) queue for the distributed Sinkhorn."""
+        world, rank = D.get_world_size(), D.get_rank()
+        if queue.length % world:
+            raise ConfigError(f"method.queue_length {queue.length} must be divisible by the "
+                              f"{world} processes (make it a multiple of the global batch)")
+        per_rank = queue.length // world
+        return queue.features[rank * per_rank:(rank + 1) * per_rank]
+
+    @torch.no_grad()
+    def compute_codes(self, scores: torch.Tensor, queue: FeatureQueue | None = None
+                      ) -> torch.Tensor:
+        """Codes (B, K) of a batch's scores; with a full queue, the last B rows of Sinkhorn on
+        [queue scores; batch scores], the queue re-scored with the current prototypes."""
+        c = self.config
+        rows = scores.detach()
+        if queue is not None and int(queue.filled) >= queue.length:
+            with torch.autocast(rows.device.type, enabled=False):
+                queued = self.prototypes(self._queue_rows(queue).float())
+            rows = torch.cat([queued.to(rows.dtype), rows])
+        codes = sinkhorn(rows, c.epsilon, c.sinkhorn_iterations, c.sinkhorn_float64)
+        codes = codes[-scores.shape[0]:]
+        if c.hard_assignment_iters > 0 and int(self.iteration) < c.hard_assignment_iters:
+            codes = F.one_hot(codes.argmax(dim=1), codes.shape[1]).to(codes.dtype)
+        return codes
+
+    # --- the step -------------------------------------------------------------------------------
+    def forward(self, views: Views) -> StepOutput:
+        c = self.config
+        n_crops = len(views)
+        if n_crops < 2 or any(not 0 <= i < n_crops for i in c.crops_for_assign):
+            raise ConfigError(f"method.crops_for_assign {tuple(c.crops_for_assign)} does not fit "
+                              f"the {n_crops} crops of the view spec (need >= 2 crops)")
+        feats = torch.cat(self.encode_views(views))  # one backbone pass per resolution
+        z = self.embed(feats)  # (V B, feat_dim); the head sees all crops as one batch
+        with torch.autocast(z.device.type, enabled=False):
+            scores = self.prototypes(z)  # (V B, K) cosines, float32
+        scores_per_crop = scores.chunk(n_crops)
+        z_per_crop = z.detach().chunk(n_crops)
+
+        use_queues = len(self.queues) > 0
+        queue_in_use = use_queues and int(self.queues[0].filled) >= self.queues[0].length
+        codes = [self.compute_codes(scores_per_crop[crop],
+                                    self.queues[j] if use_queues else None)
+                 for j, crop in enumerate(c.crops_for_assign)]
+        if use_queues and self.training and int(self.epoch) >= c.queue_start_epoch:
+            for j, crop in enumerate(c.crops_for_assign):  # after use: this batch enters
+                self.queues[j].enqueue(z_per_crop[crop])
+
+        loss = swapped_prediction_loss(scores_per_crop, codes, c.crops_for_assign,
+                                       c.temperature)
+        metrics = self._monitor(loss, codes)
+        if use_queues:
+            metrics["queue_in_use"] = float(queue_in_use)
+        debug = {"scores": scores.detach(), "codes": torch.stack(codes),
+                 "embeddings": z.detach()}
+        return StepOutput(loss, metrics, debug)
+
+    # --- collapse monitor -------------------------------------------------------------------------
+    def _monitor(self, loss: torch.Tensor, codes: list[torch.Tensor]) -> dict[str, Any]:
+        """Collapse indicators: loss / ln K, prototypes used by the batch's hard codes and the
+        normalised entropy of that usage (1: even, 0: one prototype), mean top code (1/K when
+        the codes are uniform).
+
+        The entropy of the *mean soft code* would say nothing: Sinkhorn makes it near uniform
+        by construction, even when all samples are identical, so usage counts argmaxes. A
+        collapse to near-identical embeddings can still spread the argmaxes over all prototypes
+        (tiny differences decide them), so the loss sitting at ln K and ``code_max`` near 1/K
+        are the signs to watch; the usage count catches a collapse onto one prototype.
+        """
+        k = self.config.num_prototypes
+        ln_k = math.log(k)
+        q = torch.cat(codes).detach()
+        counts = torch.bincount(q.argmax(dim=1), minlength=k).float()
+        usage = counts / counts.sum()
+        entropy = -(usage * torch.log(usage.clamp_min(1e-30))).sum() / ln_k
+        used = (counts > 0).sum()
+        ratio = loss.detach() / ln_k
+        code_max = q.max(dim=1).values.mean()
+        self._watch_collapse(ratio, used, min(k, q.shape[0] // len(codes)))
+        return {"ln_k": ln_k, "loss_over_lnK": ratio, "prototypes_used": used,
+                "code_entropy": entropy, "code_max": code_max}
+
+    def _watch_collapse(self, ratio: torch.Tensor, used: torch.Tensor, possible: int) -> None:
+        """Warn once if the loss stays at ln K or usage stays <= 2 prototypes for
+        ``collapse_patience_iters`` steps; counts on the device, looks every 16 steps."""
+        patience = self.config.collapse_patience_iters
+        if patience <= 0 or self._collapse_warned or not self.training:
+            return
+        at_ln_k = (ratio - 1).abs() < 0.003  # collapsed runs sit at ln K to 3 decimals
+        few = used <= 2 if possible > 4 else torch.zeros_like(at_ln_k)
+        bad = torch.stack([at_ln_k, few])
+        streak = self._collapse_streak
+        if streak is None or streak.device != bad.device:
+            streak = torch.zeros(2, dtype=torch.long, device=bad.device)
+        self._collapse_streak = torch.where(bad, streak + 1, torch.zeros_like(streak))
+        self._collapse_calls += 1
+        if self._collapse_calls % min(16, patience):
+            return
+        loss_streak, usage_streak = (int(s) for s in self._collapse_streak)
+        if max(loss_streak, usage_streak) < patience:
+            return
+        self._collapse_warned = True
+        if D.get_rank() != 0:
+            return
+        k = self.config.num_prototypes
+        what = (f"the loss has stayed at ln K = {math.log(k):.3f}" if loss_streak >= patience
+                else "at most 2 prototypes have been used")
+        warnings.warn(
+            f"SwAV may have collapsed: {what} for {patience} iterations. On small data, "
+            f"fewer prototypes (method.num_prototypes 30-100), a lower epsilon (0.03) and "
+            f"Adam learned in our measurements, while SGD with 100+ prototypes stayed at ln K.",
+            RuntimeWarning, stacklevel=2,
+        )
+
+    # --- evaluation -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def cluster_assignments(self, images: torch.Tensor) -> torch.Tensor:
+        """Index of the best-scoring prototype of each image."""
+        z = self.embed(self.backbone(images))
+        with torch.autocast(z.device.type, enabled=False):
+            return self.prototypes(z).argmax(dim=1)
+
+    # --- hooks ------------------------------------------------------------------------------------
+    def on_epoch_start(self, ctx: TrainContext) -> None:
+        """Remember the epoch (the queue fills from ``queue_start_epoch``) and the iteration."""
+        self.epoch.fill_(ctx.epoch)
+        self.iteration.fill_(ctx.step)
+
+    def before_optimizer_step(self, ctx: TrainContext) -> None:
+        """Freeze the prototypes for the first iterations: drop their gradient (App. A.1)."""
+        if ctx.step < self.config.freeze_prototypes_iters:
+            self.prototypes.drop_grad_()
+
+    def after_optimizer_step(self, ctx: TrainContext) -> None:
+        """Back onto the unit sphere after every step that moved them, so scores stay cosines
+        (Sec. 3.1). Frozen or fixed prototypes are left alone: re-normalising unit rows can
+        still flip their last bits, and resumed runs must match uninterrupted ones exactly."""
+        if self.prototypes.learnable and ctx.step >= self.config.freeze_prototypes_iters:
+            self.prototypes.normalize_()
+        self.iteration.fill_(ctx.step + 1)

@@ -1,0 +1,114 @@
+"""SwAV on two gloo processes (CPU) gives what one process gives on the whole batch:
+the distributed Sinkhorn codes, and the full method's loss, codes and averaged gradients with a
+queue (batch norm in eval mode: per-rank batch statistics would differ without SyncBN)."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from methods.swav import SwAV, SwAVConfig, sinkhorn
+from ssl_zoo.data.views import Views
+from ssl_zoo.modules.distributed import all_reduce_mean
+
+WORLD = 2
+BATCH = 8  # global
+STEPS = 3  # the queue (2 global batches) is full from the third step on
+
+
+class SmallNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, stride=2, padding=1)
+        self.bn = nn.BatchNorm2d(16)
+
+    def forward(self, x):
+        return torch.relu(self.bn(self.conv(x))).mean(dim=(2, 3))
+
+
+def build_model() -> SwAV:
+    cfg = SwAVConfig(num_prototypes=10, feat_dim=8, hidden_dim=16, n_local=2, epsilon=0.05,
+                     queue_length=2 * BATCH, queue_start_epoch=0, collapse_patience_iters=0)
+    model = SwAV(SmallNet(), 16, cfg)
+    for m in model.modules():  # the module stays in training mode (it fills its queue)
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+    return model
+
+
+def run_steps(model: SwAV, steps: list[list[torch.Tensor]], part=lambda t: t) -> list[dict]:
+    """Forward + backward of each step's crops; the loss, codes, metrics and gradients
+    (averaged over ranks, as DDP would) of each step. No optimiser: the weights stay put."""
+    out = []
+    for crops in steps:
+        res = model(Views.from_crops([part(c) for c in crops]))
+        res.loss.backward()
+        grads = {n: all_reduce_mean(p.grad.detach().clone())
+                 for n, p in model.named_parameters() if p.grad is not None}
+        model.zero_grad(set_to_none=True)
+        out.append({"loss": res.loss.detach(), "codes": res.debug["codes"],
+                    "queue_in_use": res.metrics["queue_in_use"], "grads": grads})
+    return out
+
+
+def _worker(rank: int, tmp: str, payload: dict) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{tmp}/store", rank=rank,
+                            world_size=WORLD)
+    try:
+        scores, cut = payload["scores"], payload["cut"]
+        mine = scores[:cut] if rank == 0 else scores[cut:]  # unequal shares on purpose
+        result = {
+            "codes32": sinkhorn(mine, 0.05, 3),
+            "codes64": sinkhorn(mine.double(), 0.05, 3, use_float64=True),
+            # a large offset on one rank only: the shifts must agree across ranks
+            "codes_shifted": sinkhorn(mine + (30.0 if rank == 0 else 0.0), 0.01, 3),
+        }
+        model = build_model()
+        model.load_state_dict(payload["state"])
+        result["steps"] = run_steps(model, payload["steps"],
+                                    part=lambda t: t.chunk(WORLD)[rank])
+        torch.save(result, os.path.join(tmp, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_gloo_ranks_equal_one_process(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    scores = torch.rand(11, 7, generator=g) * 2 - 1
+    torch.manual_seed(0)
+    model = build_model()
+    steps = [[torch.randn(BATCH, 3, 16, 16, generator=g) for _ in range(2)]
+             + [torch.randn(BATCH, 3, 8, 8, generator=g) for _ in range(2)]
+             for _ in range(STEPS)]
+    payload = {"scores": scores, "cut": 4, "state": model.state_dict(), "steps": steps}
+    mp.spawn(_worker, args=(str(tmp_path), payload), nprocs=WORLD, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+
+    # Sinkhorn: ranks holding 4 and 7 rows = one process holding all 11
+    torch.testing.assert_close(torch.cat([r["codes32"] for r in ranks]),
+                               sinkhorn(scores, 0.05, 3), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(torch.cat([r["codes64"] for r in ranks]),
+                               sinkhorn(scores.double(), 0.05, 3, use_float64=True),
+                               rtol=1e-12, atol=1e-14)
+    shifted = torch.cat([scores[:4] + 30.0, scores[4:]])
+    torch.testing.assert_close(torch.cat([r["codes_shifted"] for r in ranks]),
+                               sinkhorn(shifted, 0.01, 3), rtol=1e-4, atol=1e-6)
+
+    # the method: each rank half the batch (and its slice of the shared queue)
+    reference = run_steps(model, steps)
+    for step, ref in enumerate(reference):
+        got = [r["steps"][step] for r in ranks]
+        assert ref["queue_in_use"] == got[0]["queue_in_use"] == float(step == STEPS - 1)
+        torch.testing.assert_close((got[0]["loss"] + got[1]["loss"]) / 2, ref["loss"],
+                                   rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(torch.cat([x["codes"] for x in got], dim=1), ref["codes"],
+                                   rtol=1e-4, atol=1e-6)
+        assert set(got[0]["grads"]) == set(ref["grads"])
+        for name, grad in ref["grads"].items():
+            torch.testing.assert_close(got[0]["grads"][name], grad, rtol=1e-4, atol=1e-6)
+            torch.testing.assert_close(got[1]["grads"][name], grad, rtol=1e-4, atol=1e-6)
