@@ -360,6 +360,7 @@ class Trainer:
                     "view_spec": to_dict(self.view_spec)}
             (self.run_dir / "run_info.json").write_text(json.dumps(info, indent=2) + "\n")
         self.method.train()
+        self.ctx.step, self.ctx.epoch = self.step, self.epoch  # a resumed run's position
         self.method.on_train_start(self.ctx)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
