@@ -112,12 +112,19 @@ def open_data(cfg: RunConfig) -> DataSplits:
                        image_size=cfg.image_size or None, skip_bad_images=cfg.skip_bad_images)
 
 
-def build_method(cfg: RunConfig, image_size: int) -> tuple[Method, ViewSpec]:
-    """The method (with its backbone) and the view spec the run trains on."""
+def build_method(cfg: RunConfig, image_size: int, global_batch: int = 0,
+                 dataset_size: int = 0) -> tuple[Method, ViewSpec]:
+    """The method (with its backbone) and the view spec the run trains on.
+
+    With ``global_batch`` the method's config is validated against the run first, so a user
+    sees the method's own message (it names the method field) before any derived one.
+    """
     cls = registry.get_method(cfg.method)
     from ssl_zoo.config import from_dict
 
     mcfg = from_dict(cls.Config, cfg.method_config, "method")
+    if global_batch:
+        mcfg.validate(image_size, global_batch, dataset_size)
     backbone, dim = build_backbone(cfg.backbone, stem=cfg.backbone_stem, image_size=image_size)
     method = cls(backbone, dim, mcfg)
     spec = view_spec_from_dict(cfg.views) if cfg.views else cls.default_views(mcfg, image_size)
@@ -154,9 +161,9 @@ class Trainer:
         self.data = open_data(cfg)
         self.image_size = self.data.train.image_size
         torch.manual_seed(t.seed)
-        self.method, self.view_spec = build_method(cfg, self.image_size)
         self.global_batch = t.batch_size * self.world_size
-        self.method.config.validate(self.image_size, self.global_batch, len(self.data.train))
+        self.method, self.view_spec = build_method(cfg, self.image_size, self.global_batch,
+                                                   len(self.data.train))
         self.method.to(self.device)
         self.model: nn.Module = self.method
         if self.world_size > 1:

@@ -106,3 +106,15 @@ def test_impossible_trainer_values(tmp_path, capsys, toy_method_file, sets, mess
     args = [x for s in sets for x in ("--set", s)]
     code, err = _run(capsys, "--method", toy, *args, "--out", str(tmp_path / "r"))
     _assert_one_line(code, err, message)
+
+
+@pytest.mark.parametrize("sets, message", [
+    (["method.queue_length=100"], "must be a multiple of the global batch 128; use e.g. 128"),
+    (["method.num_prototypes=5000"], "use at most 2000"),
+    (["method.local_size=64"], "local_size"),
+    (["method.crops_for_assign=[0,9]"], "crops_for_assign"),
+])
+def test_swav_settings_that_cannot_work(tmp_path, capsys, sets, message):
+    args = [x for s in sets for x in ("--set", s)]
+    code, err = _run(capsys, "--method", "swav", *args, "--out", str(tmp_path / "r"))
+    _assert_one_line(code, err, message)
