@@ -81,7 +81,7 @@ def lightly_child(npz: Path, epochs: int, n_local: int, cfg: dict) -> dict:
 
     transform = SwaVTransform(
         crop_sizes=(32, 16), crop_counts=(2, n_local), crop_min_scales=(0.14, 0.05),
-        crop_max_scales=(1.0, 0.14), cj_prob=0.8, cj_strength=1.0, cj_bright=0.8,
+        crop_max_scales=(1.0, 0.14), cj_prob=0.8, cj_strength=m.jitter_strength, cj_bright=0.8,
         cj_contrast=0.8, cj_sat=0.8, cj_hue=0.2, random_gray_scale=0.2, gaussian_blur=0.0,
         normalize={"mean": list(CIFAR_MEAN), "std": list(CIFAR_STD)})
 

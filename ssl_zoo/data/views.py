@@ -20,8 +20,9 @@ How it is made fast (and where it differs from a PIL pipeline):
   at each of the 4 jitter positions one blend with per-sample (a, b, c) does all three for the
   whole batch; the hue shift is a closed-form HSV rotation (no HSV image is built) run only on
   the samples whose op at that position is hue.
-* the Gaussian kernel is cut at 4 sigma_max when that is shorter than the requested size (the
-  weights beyond are below exp(-8) of the centre).
+* each sample's Gaussian kernel reaches 4 of its own sigma either side (or the requested size,
+  if smaller); the weights beyond are below exp(-8) of the centre and hold < 1e-4 of the mass.
+  Samples are blurred in groups of equal kernel size.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ EVAL_CROP_FRACTION = 0.875
 CROP_ATTEMPTS = 10
 """Tries of RandomResizedCrop before its central fallback (torchvision's 10)."""
 BLUR_TRUNCATE_SIGMAS = 4.0
-"""Gaussian kernels reach at most this many sigma_max either side of the centre."""
+"""Gaussian kernels reach at most this many sigma either side of the centre."""
 
 
 @dataclass
@@ -291,7 +292,7 @@ def adjust_saturation(x: torch.Tensor, f) -> torch.Tensor:
 
 
 def _hue_sextant(x: torch.Tensor, maxc: torch.Tensor, chroma: torch.Tensor) -> torch.Tensor:
-    """HSV hue in sextants, in [-1, 5) (6 = one turn), torchvision's ``_rgb2hsv`` case rule:
+    """HSV hue in sextants, in [-1, 5] (6 = one turn), torchvision's ``_rgb2hsv`` case rule:
     max in red, else in green, else in blue; gray pixels (chroma 0) get 0."""
     r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]
     h = torch.where(maxc == g, (b - r).add_(chroma, alpha=2), (r - g).add_(chroma, alpha=4))
@@ -308,7 +309,8 @@ def adjust_hue(x: torch.Tensor, f) -> torch.Tensor:
     with ``s_k = (hue_sextant + 6 f + (5, 3, 1)_k) mod 6`` (the standard piecewise-linear
     hue-to-RGB map); value (max) and chroma (max - min) are kept, gray pixels stay gray."""
     maxc = x.amax(1, keepdim=True)
-    chroma = maxc - x.amin(1, keepdim=True)
+    minc = x.amin(1, keepdim=True)
+    chroma = maxc - minc
     h = _hue_sextant(x, maxc, chroma)
     h.add_(_per_sample(f, x) * 6)
     key = (x.device, x.dtype)
@@ -316,8 +318,9 @@ def adjust_hue(x: torch.Tensor, f) -> torch.Tensor:
         _SEXTANT_OFFSETS[key] = torch.tensor([5.0, 3.0, 1.0], device=x.device,
                                              dtype=x.dtype).view(1, 3, 1, 1)
     s = (h + _SEXTANT_OFFSETS[key]).remainder_(6)
-    t = s.sub_(2).abs_().neg_().add_(2).clamp_(0, 1)
-    return torch.addcmul(maxc, chroma, t, value=-1)
+    # max - chroma * clamp(2 - |s - 2|, 0, 1) written as min + chroma * clamp(|s - 2| - 1, 0, 1)
+    t = s.sub_(2).abs_().sub_(1).clamp_(0, 1)
+    return torch.addcmul(minc, chroma, t)
 
 
 def solarize(x: torch.Tensor, threshold: float = SOLARIZE_THRESHOLD) -> torch.Tensor:
@@ -377,7 +380,7 @@ def color_jitter(x: torch.Tensor, order: torch.Tensor, factors: torch.Tensor,
                 gray = rgb_to_grayscale(x)
                 mean_gray = gray.mean(dim=(1, 2, 3))
                 term = gray.mul_(b.view(-1, 1, 1, 1)).add_((c * mean_gray).view(-1, 1, 1, 1))
-                x.mul_(a.view(-1, 1, 1, 1)).add_(term)
+                torch.addcmul(term, x, a.view(-1, 1, 1, 1), out=x)  # x = a x + term
             else:
                 x.mul_(a.view(-1, 1, 1, 1))
             x.clamp_(0, 1)
@@ -400,10 +403,29 @@ def _on_subset(x: torch.Tensor, mask: torch.Tensor,
 # the entry points
 # --------------------------------------------------------------------------------------------
 def blur_kernel_size(g: CropGroup) -> int:
-    """Odd kernel side: ``blur_kernel_frac`` of the crop (SimCLR's 10%), cut at 4 sigma_max."""
+    """Largest odd kernel side: ``blur_kernel_frac`` of the crop (SimCLR's 10%), cut at
+    4 sigma_max."""
     k = max(3, int(round(g.blur_kernel_frac * g.size)))
     k = k if k % 2 == 1 else k + 1
     return min(k, 2 * math.ceil(BLUR_TRUNCATE_SIGMAS * g.blur_sigma[1]) + 1)
+
+
+def blur_radii(sigma: torch.Tensor, max_kernel_size: int) -> torch.Tensor:
+    """Per-sample kernel half-width: ceil(4 sigma), at most the group's kernel allows."""
+    radius = torch.ceil(sigma * BLUR_TRUNCATE_SIGMAS).clamp_(min=1, max=max_kernel_size // 2)
+    return radius.long()
+
+
+def _blur_(x: torch.Tensor, mask: torch.Tensor, sigma: torch.Tensor, max_kernel_size: int
+           ) -> torch.Tensor:
+    """Gaussian blur in place of the rows where ``mask``, each with its sigma; rows with the
+    same kernel size go through one call."""
+    radius = torch.where(mask, blur_radii(sigma, max_kernel_size), 0)
+    for r in radius.unique().tolist():
+        if r > 0:
+            _on_subset(x, radius == r,
+                       lambda xs, sel, k=2 * r + 1: gaussian_blur(xs, sigma[sel], k))
+    return x
 
 
 def _crop_resize(source: torch.Tensor, batch: int, params: GroupParams, size: int
@@ -437,9 +459,7 @@ def augment_group(source: torch.Tensor, batch: int, g: CropGroup, params: GroupP
     if g.grayscale_p > 0:
         _on_subset(out, params.grayscale, lambda xs, _: rgb_to_grayscale(xs).expand_as(xs))
     if g.blur_p > 0:
-        k = blur_kernel_size(g)
-        sigma = params.blur_sigma
-        _on_subset(out, params.blur, lambda xs, sel: gaussian_blur(xs, sigma[sel], k))
+        _blur_(out, params.blur, params.blur_sigma, blur_kernel_size(g))
     if g.solarize_p > 0:
         _on_subset(out, params.solarize, lambda xs, _: solarize(xs))
     return out
@@ -477,7 +497,7 @@ def make_views(images: torch.Tensor, spec: ViewSpec,
     batch, _, height, width = images.shape
     device = images.device
     source = torch.empty((2 * batch, 3, height, width), device=device, dtype=torch.float32)
-    torch.mul(images, 1 / 255, out=source[:batch])
+    torch.div(images, 255, out=source[:batch])
     source[batch:] = source[:batch].flip(-1)
     groups = []
     for g in spec.groups:
@@ -522,22 +542,24 @@ def _stats(image_size: int):
 
 def swav_views(image_size: int, n_local: int | None = None, local_size: int | None = None,
                global_scale=(0.14, 1.0), local_scale=(0.05, 0.14),
-               global_size: int | None = None) -> ViewSpec:
+               global_size: int | None = None, jitter_strength: float = 1.0) -> ViewSpec:
     """SwAV multi-crop (Caron et al. 2020, Sec. 3.2): 2 global crops + ``n_local`` small ones.
 
     ImageNet sizes (images >= 192 px): 2 x ``global_size`` (default the image size; 224 in the
     paper) + 6 x 96, scales (0.14, 1) and (0.05, 0.14) (App. A.1 / official code). Smaller
     images: 2 x image size + 4 local crops of half the size (CIFAR: 2x32 + 4x16). Colour
-    distortion of strength 1 (jitter 0.8, 0.8, 0.8, 0.2 with p=0.8, grayscale 0.2) on every
-    crop; blur p=0.5 only when images are >= 96 px (the CIFAR recipes leave it out).
+    distortion of strength ``jitter_strength`` (1: jitter 0.8, 0.8, 0.8, 0.2 with p=0.8,
+    grayscale 0.2, as the paper) on every crop; blur p=0.5 only when images are >= 96 px (the
+    CIFAR recipes leave it out).
     """
     mean, std = _stats(image_size)
     large = image_size >= 192
     n_local = (6 if large else 4) if n_local is None else n_local
     local_size = local_size or (96 if large else max(1, image_size // 2))
     blur = 0.5 if image_size >= 96 else 0.0
-    common = dict(brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2, jitter_p=0.8,
-                  grayscale_p=0.2, blur_p=blur)
+    j = jitter_strength
+    common = dict(brightness=0.8 * j, contrast=0.8 * j, saturation=0.8 * j, hue=0.2 * j,
+                  jitter_p=0.8, grayscale_p=0.2, blur_p=blur)
     groups = [CropGroup(count=2, size=global_size or image_size, scale=tuple(global_scale),
                         **common)]
     if n_local > 0:
