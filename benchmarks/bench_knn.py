@@ -27,7 +27,7 @@ from ssl_zoo.evaluation.knn import knn_scores
 def clustered(n: int, d: int, centres: torch.Tensor, labels_of_centre: torch.Tensor,
               g: torch.Generator):
     c = torch.randint(0, len(centres), (n,), generator=g)
-    x = centres[c] + 0.8 * torch.randn(n, d, generator=g)
+    x = centres[c] + 1.6 * torch.randn(n, d, generator=g)  # overlapping: accuracy < 1
     return x, labels_of_centre[c]
 
 
