@@ -167,6 +167,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                       f"{cfg.backbone}, {cfg.train.epochs} epochs x {trainer.steps_per_epoch} "
                       f"iterations, global batch {trainer.global_batch}, device {trainer.device}"
                       f" -> {run_dir}")
+        skipped = int(getattr(trainer.data, "skipped", 0) or 0)
+        if skipped:
+            console.print(f"[yellow]skipped {skipped} unreadable or non-image file(s)[/]")
     try:
         result = trainer.fit()
     except KeyboardInterrupt:

@@ -96,7 +96,8 @@ class RunConfig:
     backbone_stem: str = "auto"
     """auto (CIFAR stem for images <= 64 px), imagenet or cifar (ResNets only)."""
     image_size: int = 0
-    """Working image size for folder sources (0: the source's own or 64)."""
+    """Working image size: folders are decoded to it, in-memory sources resized to it once
+    when opened (0: the source's own size, or 64 for folders)."""
     data_root: str = ""
     download: bool = False
     skip_bad_images: bool = False

@@ -364,6 +364,7 @@ class Trainer:
             info = {"image_size": self.image_size, "feature_dim": self.method.feature_dim,
                     "train_images": len(self.data.train), "world_size": self.world_size,
                     "global_batch": self.global_batch, "steps_per_epoch": self.steps_per_epoch,
+                    "skipped_bad_images": int(getattr(self.data, "skipped", 0) or 0),
                     "view_spec": to_dict(self.view_spec)}
             (self.run_dir / "run_info.json").write_text(json.dumps(info, indent=2) + "\n")
         self.method.train()
