@@ -49,11 +49,10 @@ def _features(encoder, data, view_spec, device, batch_size, cache_dir, dataset_n
 
 
 def knn_both(ftr, ytr, fte, yte) -> dict[str, dict[str, float]]:
-    from ssl_zoo.evaluation.knn import KNN_PROTOCOLS, knn_accuracy
+    """Both kNN protocols (k=20, T=0.07 and k=200, T=0.1) from one neighbour search."""
+    from ssl_zoo.evaluation.knn import knn_protocols
 
-    c = _num_classes(ytr, yte)
-    return {name: knn_accuracy(ftr, ytr, fte, yte, k=k, temperature=t, num_classes=c)
-            for name, (k, t) in KNN_PROTOCOLS.items()}
+    return knn_protocols(ftr, ytr, fte, yte, num_classes=_num_classes(ytr, yte))
 
 
 @torch.no_grad()
@@ -78,7 +77,7 @@ def _random_init_baseline(cfg: RunConfig, data, view_spec, device, console) -> d
            "n_train": len(data.eval_train or data.train),
            "n_test": len(data.test) if data.test is not None else 0,
            "mean": list(view_spec.mean), "std": list(view_spec.std), "linear": cfg.eval.linear,
-           "v": 1}
+           "v": 2}
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = cache_root() / "baselines" / f"{digest}.json"
     if path.is_file():
