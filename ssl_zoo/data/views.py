@@ -568,24 +568,26 @@ def swav_views(image_size: int, n_local: int | None = None, local_size: int | No
     return ViewSpec(groups=groups, mean=mean, std=std)
 
 
-def simclr_views(image_size: int) -> ViewSpec:
-    """SimCLR (Chen et al. 2020, App. A): crop (0.08, 1), jitter 0.8 strength p=0.8, gray 0.2,
-    blur 0.5 at ImageNet size (none on CIFAR, as in the paper's CIFAR experiments)."""
+def _two_crop_views(image_size: int, min_scale: float, strength: float) -> ViewSpec:
+    """Two crops of ``image_size`` px, area (min_scale, 1), colour jitter (0.8, 0.8, 0.8, 0.2)
+    x ``strength`` with p=0.8, grayscale 0.2, blur p=0.5 at >= 96 px (none on CIFAR)."""
     mean, std = _stats(image_size)
-    g = CropGroup(count=2, size=image_size, scale=(0.08, 1.0), brightness=0.8, contrast=0.8,
-                  saturation=0.8, hue=0.2, jitter_p=0.8, grayscale_p=0.2,
-                  blur_p=0.5 if image_size >= 96 else 0.0)
+    g = CropGroup(count=2, size=image_size, scale=(min_scale, 1.0), brightness=0.8 * strength,
+                  contrast=0.8 * strength, saturation=0.8 * strength, hue=0.2 * strength,
+                  jitter_p=0.8, grayscale_p=0.2, blur_p=0.5 if image_size >= 96 else 0.0)
     return ViewSpec(groups=[g], mean=mean, std=std)
+
+
+def simclr_views(image_size: int) -> ViewSpec:
+    """SimCLR (Chen et al. 2020, App. A): crop (0.08, 1), jitter strength 1 with p=0.8,
+    gray 0.2, blur 0.5 at ImageNet size (none on CIFAR, as in the paper's CIFAR experiments)."""
+    return _two_crop_views(image_size, 0.08, 1.0)
 
 
 def mocov2_views(image_size: int) -> ViewSpec:
     """MoCo v2 (Chen et al. 2020b): crop (0.2, 1), jitter (0.4, 0.4, 0.4, 0.1) p=0.8,
     gray 0.2, blur p=0.5 sigma (0.1, 2) at ImageNet size."""
-    mean, std = _stats(image_size)
-    g = CropGroup(count=2, size=image_size, scale=(0.2, 1.0), brightness=0.4, contrast=0.4,
-                  saturation=0.4, hue=0.1, jitter_p=0.8, grayscale_p=0.2,
-                  blur_p=0.5 if image_size >= 96 else 0.0)
-    return ViewSpec(groups=[g], mean=mean, std=std)
+    return _two_crop_views(image_size, 0.2, 0.5)
 
 
 def eval_views(image_size: int) -> ViewSpec:
