@@ -92,15 +92,14 @@ def _random_init_baseline(cfg: RunConfig, data, view_spec, device, console) -> d
     backbone, _ = build_backbone(cfg.backbone, stem=cfg.backbone_stem,
                                  image_size=data.train.image_size)
     backbone.to(device)
-    res = _metrics(backbone, data, view_spec, device, cfg, cache_dir=None, method=None)
+    res = _metrics(backbone, data, view_spec, device, cfg, cache_dir=None)
     res["key"] = key
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(res, indent=2) + "\n")
     return res
 
 
-def _metrics(encoder, data, view_spec, device, cfg: RunConfig, cache_dir, method
-             ) -> dict[str, Any]:
+def _metrics(encoder, data, view_spec, device, cfg: RunConfig, cache_dir) -> dict[str, Any]:
     train_ds, ftr, fte = _features(encoder, data, view_spec, device, cfg.eval.batch_size,
                                    cache_dir, cfg.dataset)
     ytr = _labels(train_ds)
@@ -162,7 +161,7 @@ def evaluate_backbone(method, data, view_spec, device, cfg: RunConfig, *, out_di
         "checkpoint": checkpoint_key,
     }
     result.update(_metrics(method.backbone, data, view_spec, device, cfg,
-                           cache_dir=out_dir / "features", method=method))
+                           cache_dir=out_dir / "features"))
     yte = _labels(data.test) if data.test is not None else None
     assignments = _method_clusters(method, data, view_spec, device, cfg.eval.batch_size)
     if assignments is not None and yte is not None:
