@@ -20,9 +20,9 @@ EXIT_INTERRUPTED = 130
 
 
 def _console():
-    from rich.console import Console
+    from ssl_zoo.report import make_console
 
-    return Console(stderr=False, highlight=False)
+    return make_console()
 
 
 def _add_run_args(p: argparse.ArgumentParser, with_method: bool = True) -> None:

@@ -5,7 +5,25 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from rich.console import Console
 from rich.table import Table
+
+LOG_WIDTH = 1000
+"""Console width when the output is not a terminal: wide enough that a table fits its content."""
+
+
+def make_console(file=None) -> Console:
+    """The console every command prints through.
+
+    On a terminal, rich's defaults (the terminal's width, colour, a live progress bar). Anywhere
+    else (a log file, a pipe, a SLURM output file, a test's capture) messages are never
+    hard-wrapped, whatever ``COLUMNS`` says: one message is one line, so a path in it can be
+    copied and grepped; tables take the width of their content instead of being cut at 80.
+    """
+    probe = Console(file=file)
+    if probe.is_terminal:
+        return Console(file=file, highlight=False)
+    return Console(file=file, highlight=False, soft_wrap=True, width=LOG_WIDTH)
 
 
 def fmt(v: Any, digits: int = 3) -> str:

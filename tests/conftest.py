@@ -60,3 +60,9 @@ def toy_method_file(tmp_path):
     path = tmp_path / "toy_method.py"
     path.write_text(TOY_METHOD)
     return path
+
+
+@pytest.fixture(autouse=True)
+def narrow_columns(monkeypatch):
+    """Every test runs with a narrow ``COLUMNS``: what the commands print must not depend on it."""
+    monkeypatch.setenv("COLUMNS", "40")

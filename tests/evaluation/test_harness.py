@@ -32,7 +32,7 @@ def test_feature_cache_is_reused_and_invalidated(tmp_path):
 def test_compare_two_methods_writes_table_json_and_charts(tmp_path, monkeypatch, capsys,
                                                           toy_method_file):
     monkeypatch.setenv("SSL_ZOO_CACHE", str(tmp_path / "cache"))
-    out = tmp_path / "cmp"
+    out = tmp_path.joinpath(*[f"a-long-folder-name-{i}" for i in range(8)], "cmp")
     args = ["compare", "--methods", f"simclr,{toy_method_file}:Toy", "--dataset", "demo",
             "--epochs", "1", "--batch-size", "64", "--out", str(out),
             "--set", "train.max_steps=3", "--set", "eval.pictures=false",
