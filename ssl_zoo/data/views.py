@@ -19,14 +19,21 @@ How it is made fast (and where it differs from a PIL pipeline):
 * brightness, contrast and saturation are all ``clamp(a*x + b*gray(x) + c*mean(gray(x)))``, so
   at each of the 4 jitter positions one blend with per-sample (a, b, c) does all three for the
   whole batch; the hue shift is a closed-form HSV rotation (no HSV image is built) run only on
-  the samples whose op at that position is hue.
+  the quarter of the samples whose hue shift sits at that position.
 * each sample's Gaussian kernel reaches 4 of its own sigma either side (or the requested size,
   if smaller); the weights beyond are below exp(-8) of the centre and hold < 1e-4 of the mass.
-  Samples are blurred in groups of equal kernel size.
+  The blurred samples go through one call with the group's largest kernel, each sample's
+  Gaussian zero beyond its own radius.
+* nothing is read back from the device (no ``nonzero``, no data-dependent shapes), so a GPU
+  never waits for the host: per-sample choices are masks, and the two choices that need a
+  subset (hue position, blur) are drawn balanced over the batch, a fixed number of samples
+  each, chosen at random (:func:`draw_params`). Each sample keeps torchvision's
+  probabilities; samples of one batch are no longer independent in those two choices.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -157,8 +164,6 @@ def boxes_from_uniforms(u_area: torch.Tensor, u_log_ratio: torch.Tensor, u_top: 
     top ~ U{0..H-h}, left ~ U{0..W-w} (from ``u_top``, ``u_left``); samples with no fitting try
     get torchvision's fallback, the central crop of the whole image with its aspect clamped.
     """
-    n = u_area.shape[0]
-    dev = u_area.device
     area = float(height * width)
     log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
     target = (u_area * (scale[1] - scale[0]) + scale[0]) * area
@@ -180,10 +185,9 @@ def boxes_from_uniforms(u_area: torch.Tensor, u_log_ratio: torch.Tensor, u_top: 
         fh, fw = height, int(round(height * ratio[1]))
     else:
         fw, fh = width, height
-    fallback = torch.tensor([(height - fh) // 2, (width - fw) // 2, fh, fw],
-                            dtype=h.dtype, device=dev).expand(n, 4)
-    boxes = torch.stack([top, left, h, w], dim=1)
-    return torch.where(found.unsqueeze(1), boxes, fallback)
+    fallback = ((height - fh) // 2, (width - fw) // 2, fh, fw)
+    return torch.stack([torch.where(found, v, float(f))
+                        for v, f in zip((top, left, h, w), fallback)], dim=1)
 
 
 def crop_boxes(n: int, height: int, width: int, scale: tuple[float, float],
@@ -199,11 +203,10 @@ def crop_boxes(n: int, height: int, width: int, scale: tuple[float, float],
 def jitter_factors(u: torch.Tensor, g: CropGroup) -> torch.Tensor:
     """(n, 4) brightness, contrast, saturation, hue factors from (n, 4) U[0, 1), as
     ``ColorJitter.get_params`` draws them (factor ranges (max(0, 1 - s), 1 + s) and (-h, h))."""
-    lo = torch.tensor([max(0.0, 1 - g.brightness), max(0.0, 1 - g.contrast),
-                       max(0.0, 1 - g.saturation), -g.hue], device=u.device)
-    hi = torch.tensor([1 + g.brightness, 1 + g.contrast, 1 + g.saturation, g.hue],
-                      device=u.device)
-    return u * (hi - lo) + lo
+    lo = (max(0.0, 1 - g.brightness), max(0.0, 1 - g.contrast), max(0.0, 1 - g.saturation),
+          -g.hue)
+    hi = (1 + g.brightness, 1 + g.contrast, 1 + g.saturation, g.hue)
+    return torch.stack([u[:, i] * (hi[i] - lo[i]) + lo[i] for i in range(4)], dim=1)
 
 
 @dataclass
@@ -227,9 +230,32 @@ class GroupParams:
     """(n,) float32."""
     solarize: torch.Tensor
     """(n,) bool."""
+    hue_subsets: list[torch.Tensor] | None = None
+    """Per jitter position, the rows whose hue shift falls there (sizes known on the host)."""
+    blur_index: torch.Tensor | None = None
+    """The rows that are blurred (size known on the host)."""
 
 
-_COLUMNS = 2 * CROP_ATTEMPTS + 2 + 1 + 1 + 4 + 4 + 1 + 2 + 1  # uniforms per sample, see below
+_COLUMNS = 2 * CROP_ATTEMPTS + 2 + 1 + 1 + 4 + 3 + 1 + 1 + 1 + 1 + 1  # uniforms per sample
+
+
+def balanced_labels(keys: torch.Tensor, counts: Sequence[int]
+                    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Labels for ``len(keys)`` samples, exactly ``counts[j]`` of them label j, which ones a
+    uniform random choice (the argsort of the i.i.d. ``keys`` is a random permutation).
+
+    Returns the (n,) labels and, for each label, the indices of its samples: the sizes are known
+    on the host, so later steps work on fixed-size subsets without reading the device.
+    """
+    perm = torch.argsort(keys)
+    bounds = list(itertools.accumulate(counts))[:-1]
+    rank = torch.arange(len(keys), device=keys.device)
+    sorted_labels = torch.zeros_like(perm)
+    for b in bounds:
+        sorted_labels += rank >= b
+    labels = torch.empty_like(perm).scatter_(0, perm, sorted_labels)
+    starts = [0, *bounds]
+    return labels, [perm[a:a + c] for a, c in zip(starts, counts)]
 
 
 def draw_params(n: int, height: int, width: int, g: CropGroup, device: torch.device,
@@ -237,9 +263,17 @@ def draw_params(n: int, height: int, width: int, g: CropGroup, device: torch.dev
     """All random parameters of ``n`` crops of group ``g``, from one (n, 36) block of U[0, 1).
 
     Columns: 10 area + 10 log-aspect tries, top, left, flip, jitter on/off, 4 jitter factors,
-    4 sort keys whose argsort is the op order (a uniform random permutation, as
-    ``torch.randperm(4)``), grayscale, blur on/off, blur sigma, solarize. Every column is drawn
-    whatever the settings, so changing one probability leaves the other choices unchanged.
+    3 sort keys for the order of brightness, contrast and saturation, a key placing the hue
+    shift, grayscale, a key choosing the blurred rows, blur sigma, solarize. Every column is
+    drawn whatever the settings, so changing one probability leaves the other choices unchanged.
+
+    Two choices are balanced over the batch rather than independent per sample (stratified
+    sampling), so that the rows doing them are fixed-size subsets known on the host: the hue
+    shift sits at each of the 4 jitter positions for a quarter of the rows (the others' order is
+    a uniform permutation, so every row's op order is uniform over the 24, as
+    ``ColorJitter``'s), and round(blur_p * n) rows are blurred. Each row's own probabilities are
+    torchvision's (exactly when n is a multiple of 4 and blur_p * n is whole); only the
+    dependence between the rows of one batch differs.
     """
     a = CROP_ATTEMPTS
     u = _rand((n, _COLUMNS), device, generator)
@@ -249,14 +283,23 @@ def draw_params(n: int, height: int, width: int, g: CropGroup, device: torch.dev
     flip = u[:, c] < g.flip_p
     jitter_on = u[:, c + 1] < g.jitter_p
     factors = jitter_factors(u[:, c + 2:c + 6], g)
-    order = torch.argsort(u[:, c + 6:c + 10], dim=1)
-    order = torch.where(jitter_on.unsqueeze(1), order, torch.full_like(order, -1))
+    linear_order = torch.argsort(u[:, c + 6:c + 9], dim=1)  # brightness, contrast, saturation
+    hue_position, hue_subsets = balanced_labels(u[:, c + 9], [n // 4 + (j < n % 4)
+                                                              for j in range(4)])
+    pos = torch.arange(4, device=device).view(1, 4)
+    hue_at = hue_position.view(-1, 1)
+    order = torch.where(pos == hue_at, 3,
+                        linear_order.gather(1, (pos - (pos > hue_at).long()).clamp(max=2)))
+    order = torch.where(jitter_on.unsqueeze(1), order, -1)
     c += 10
+    n_blur = min(n, int(round(g.blur_p * n)))
+    blur_label, blur_subsets = balanced_labels(u[:, c + 1], [n - n_blur, n_blur])
     lo, hi = g.blur_sigma
     return GroupParams(
         boxes=boxes, flip=flip, jitter_order=order, jitter_factors=factors,
-        grayscale=u[:, c] < g.grayscale_p, blur=u[:, c + 1] < g.blur_p,
+        grayscale=u[:, c] < g.grayscale_p, blur=blur_label.bool(),
         blur_sigma=u[:, c + 2] * (hi - lo) + lo, solarize=u[:, c + 3] < g.solarize_p,
+        hue_subsets=hue_subsets, blur_index=blur_subsets[1],
     )
 
 
@@ -339,63 +382,55 @@ def gaussian_kernels(sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
     """Separable Gaussian blur with one sigma per sample and reflect padding, as torchvision's
     ``gaussian_blur`` (its 2-D kernel is the outer product of two of these 1-D kernels)."""
-    n, c, h, w = x.shape
-    kernel_size = min(kernel_size, 2 * min(h, w) - 1)  # reflect padding needs pad < side
-    k = gaussian_kernels(sigma, kernel_size).to(x.dtype).repeat_interleave(c, dim=0)
-    pad = kernel_size // 2
-    y = F.pad(x.reshape(1, n * c, h, w), (pad, pad, pad, pad), mode="reflect")
-    y = F.conv2d(y, k.view(n * c, 1, 1, kernel_size), groups=n * c)
-    y = F.conv2d(y, k.view(n * c, 1, kernel_size, 1), groups=n * c)
-    return y.view(n, c, h, w)
+    kernel_size = min(kernel_size, 2 * min(x.shape[-2:]) - 1)  # reflect padding needs pad < side
+    return separable_blur(x, gaussian_kernels(sigma, kernel_size).to(x.dtype))
 
 
 def color_jitter(x: torch.Tensor, order: torch.Tensor, factors: torch.Tensor,
-                 strengths: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
-                 ) -> torch.Tensor:
+                 strengths: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0),
+                 hue_subsets: list[torch.Tensor] | None = None) -> torch.Tensor:
     """ColorJitter in place, each sample's 4 ops in its own order (torchvision's random order).
 
     ``order`` (n, 4): op index per position (0 brightness, 1 contrast, 2 saturation, 3 hue;
     -1 skips); ``factors`` (n, 4). An op whose strength is 0 is skipped, as torchvision skips
     it. At each position one blend ``clamp(a x + b gray(x) + c mean(gray(x)))`` does the three
-    linear ops for every sample (identity a=1, b=c=0 for the others), then hue runs on the
-    samples whose op there is hue.
+    linear ops for every sample (identity a=1, b=c=0 for the others), then the hue shift runs
+    on ``hue_subsets[pos]`` (rows whose hue may sit at that position, of sizes known on the
+    host; :func:`draw_params` makes them) or, without them, on the whole batch, and is kept
+    where the sample's op there is hue. Every choice is a mask or a fixed-size subset, so
+    nothing is read back from the device.
     """
-    n = x.shape[0]
-    enabled = torch.tensor([s != 0 for s in strengths] + [False], device=x.device)
-    ones = torch.ones(n, device=x.device, dtype=x.dtype)
-    zeros = torch.zeros_like(ones)
     factors = factors.to(x.dtype)
+    for op_index, strength in enumerate(strengths):
+        if strength == 0:
+            order = torch.where(order == op_index, -1, order)
+    has_linear = any(strengths[:3])
+    has_gray_term = strengths[1] != 0 or strengths[2] != 0
     for pos in range(4):
-        op = order[:, pos].clone()
-        op[~enabled[op]] = -1  # -1 indexes the trailing False
-        if not bool((op >= 0).any()):
-            continue
+        op = order[:, pos]
         f = factors.gather(1, op.clamp(min=0).unsqueeze(1)).squeeze(1)
-        linear = (op >= 0) & (op <= 2)
-        if bool(linear.any()):
-            a = torch.where(linear, f, ones)
-            b = torch.where(op == 2, 1 - f, zeros)
-            c = torch.where(op == 1, 1 - f, zeros)
-            if bool((op == 1).any() | (op == 2).any()):
+        if has_linear:
+            linear = (op >= 0) & (op <= 2)
+            a = torch.where(linear, f, 1.0).view(-1, 1, 1, 1)
+            if has_gray_term:
+                b = torch.where(op == 2, 1 - f, 0.0)
+                c = torch.where(op == 1, 1 - f, 0.0)
                 gray = rgb_to_grayscale(x)
                 mean_gray = gray.mean(dim=(1, 2, 3))
                 term = gray.mul_(b.view(-1, 1, 1, 1)).add_((c * mean_gray).view(-1, 1, 1, 1))
-                torch.addcmul(term, x, a.view(-1, 1, 1, 1), out=x)  # x = a x + term
+                torch.addcmul(term, x, a, out=x)  # x = a x + term
             else:
-                x.mul_(a.view(-1, 1, 1, 1))
+                x.mul_(a)
             x.clamp_(0, 1)
-        sel = (op == 3).nonzero().squeeze(1)
-        if sel.numel():
-            x.index_copy_(0, sel, adjust_hue(x.index_select(0, sel), f.index_select(0, sel)))
-    return x
-
-
-def _on_subset(x: torch.Tensor, mask: torch.Tensor,
-               fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """Apply ``fn(x[sel], sel)`` to the rows where ``mask``, in place."""
-    sel = mask.nonzero().squeeze(1)
-    if sel.numel():
-        x.index_copy_(0, sel, fn(x.index_select(0, sel), sel))
+        if strengths[3] != 0 and hue_subsets is None:
+            hue = (op == 3).view(-1, 1, 1, 1)
+            x.copy_(torch.where(hue, adjust_hue(x, f), x))
+        elif strengths[3] != 0 and hue_subsets[pos].numel():
+            rows = hue_subsets[pos]
+            xs = x.index_select(0, rows)
+            hue = (op.index_select(0, rows) == 3).view(-1, 1, 1, 1)
+            shifted = adjust_hue(xs, f.index_select(0, rows))
+            x.index_copy_(0, rows, torch.where(hue, shifted, xs))
     return x
 
 
@@ -416,16 +451,44 @@ def blur_radii(sigma: torch.Tensor, max_kernel_size: int) -> torch.Tensor:
     return radius.long()
 
 
-def _blur_(x: torch.Tensor, mask: torch.Tensor, sigma: torch.Tensor, max_kernel_size: int
-           ) -> torch.Tensor:
-    """Gaussian blur in place of the rows where ``mask``, each with its sigma; rows with the
-    same kernel size go through one call."""
-    radius = torch.where(mask, blur_radii(sigma, max_kernel_size), 0)
-    for r in radius.unique().tolist():
-        if r > 0:
-            _on_subset(x, radius == r,
-                       lambda xs, sel, k=2 * r + 1: gaussian_blur(xs, sigma[sel], k))
-    return x
+def _blur_(x: torch.Tensor, mask: torch.Tensor, sigma: torch.Tensor, max_kernel_size: int,
+           rows: torch.Tensor | None = None) -> torch.Tensor:
+    """Gaussian blur in place of the rows where ``mask``, each with its own sigma, in one call.
+
+    Every row is convolved with a kernel of the group's largest size; a row's Gaussian has
+    weight only within its own radius ceil(4 sigma) (zeros beyond, normalised over its support,
+    so it equals a blur with that smaller kernel: reflect padding mirrors the same pixels within
+    the radius), and rows without blur get the identity kernel. With ``rows`` (the indices
+    where ``mask``, of a size known on the host) only those rows are convolved.
+    """
+    if rows is not None:
+        xs = x.index_select(0, rows)
+        keep = torch.ones(rows.shape[0], dtype=torch.bool, device=x.device)
+        return x.index_copy_(0, rows, _blur_(xs, keep, sigma.index_select(0, rows),
+                                             max_kernel_size))
+    _, _, h, w = x.shape
+    size = min(max_kernel_size, 2 * min(h, w) - 1)  # reflect padding needs pad < side
+    half = size // 2
+    radius = torch.where(mask, blur_radii(sigma, size), 0)
+    pos = torch.arange(-half, half + 1, device=x.device, dtype=torch.float32).view(1, -1)
+    inside = pos.abs() <= radius.view(-1, 1)
+    weights = torch.where(inside, torch.exp(-0.5 * (pos / sigma.float().view(-1, 1)) ** 2), 0.0)
+    kernels = weights / weights.sum(1, keepdim=True)
+    return x.copy_(separable_blur(x, kernels.to(x.dtype)))
+
+
+def separable_blur(x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
+    """Each row of ``x`` (n, c, H, W) convolved with its own 1-D kernel (n, K), K odd, along
+    both axes, with reflect padding (torchvision's ``gaussian_blur`` with the 2-D kernel that
+    is the outer product of the 1-D one)."""
+    n, c, h, w = x.shape
+    size = kernels.shape[1]
+    pad = size // 2
+    k = kernels.repeat_interleave(c, dim=0, output_size=n * c)
+    y = F.pad(x.reshape(1, n * c, h, w), (pad, pad, pad, pad), mode="reflect")
+    y = F.conv2d(y, k.view(n * c, 1, 1, size), groups=n * c)
+    y = F.conv2d(y, k.view(n * c, 1, size, 1), groups=n * c)
+    return y.view(n, c, h, w)
 
 
 def _crop_resize(source: torch.Tensor, batch: int, params: GroupParams, size: int
@@ -455,21 +518,31 @@ def augment_group(source: torch.Tensor, batch: int, g: CropGroup, params: GroupP
     out = _crop_resize(source, batch, params, g.size)
     strengths = (g.brightness, g.contrast, g.saturation, g.hue)
     if g.jitter_p > 0 and any(strengths):
-        color_jitter(out, params.jitter_order, params.jitter_factors, strengths)
+        color_jitter(out, params.jitter_order, params.jitter_factors, strengths,
+                     params.hue_subsets)
     if g.grayscale_p > 0:
-        _on_subset(out, params.grayscale, lambda xs, _: rgb_to_grayscale(xs).expand_as(xs))
+        gray = params.grayscale.view(-1, 1, 1, 1)
+        out.copy_(torch.where(gray, rgb_to_grayscale(out).expand_as(out), out))
     if g.blur_p > 0:
-        _blur_(out, params.blur, params.blur_sigma, blur_kernel_size(g))
+        _blur_(out, params.blur, params.blur_sigma, blur_kernel_size(g), params.blur_index)
     if g.solarize_p > 0:
-        _on_subset(out, params.solarize, lambda xs, _: solarize(xs))
+        out.copy_(torch.where(params.solarize.view(-1, 1, 1, 1), solarize(out), out))
     return out
 
 
+_CHANNEL_STATS: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
 def _normalise_(x: torch.Tensor, mean, std) -> torch.Tensor:
-    """``(x - mean) / std`` per channel in place, as torchvision's ``Normalize``."""
-    m = torch.as_tensor(mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-    s = torch.as_tensor(std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-    return x.sub_(m).div_(s)
+    """``(x - mean) / std`` per channel in place, as torchvision's ``Normalize``. The statistics
+    are copied to the device once per (device, dtype, mean, std), not at every call."""
+    key = (x.device, x.dtype, tuple(mean), tuple(std))
+    if key not in _CHANNEL_STATS:
+        _CHANNEL_STATS[key] = tuple(
+            torch.as_tensor(v, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+            for v in (mean, std))
+    m, sd = _CHANNEL_STATS[key]
+    return x.sub_(m).div_(sd)
 
 
 def _check_batch(images: torch.Tensor) -> None:

@@ -555,3 +555,26 @@ def test_cuda_views_with_cuda_or_cpu_generator():
     cpu = V.make_views(images.cpu(), spec, _gen(1))  # and draws the same parameters
     for x, y in zip(c.groups, cpu.groups):
         torch.testing.assert_close(x.cpu(), y, atol=1e-4, rtol=0)
+
+
+def test_balanced_choices_keep_each_rows_probabilities():
+    """Hue position and blur are stratified over the batch (fixed-size subsets, no device
+    reads), yet every row on its own does them with torchvision's probabilities."""
+    g = CropGroup(count=1, size=8, jitter_p=1.0, blur_p=0.5)
+    n, draws = 8, 1500
+    hue_at = torch.empty(draws, n, dtype=torch.long)
+    blur = torch.empty(draws, n, dtype=torch.bool)
+    for d in range(draws):
+        p = V.draw_params(n, 16, 16, g, torch.device("cpu"), _gen(1000 + d))
+        hue_at[d] = (p.jitter_order == 3).long().argmax(1)
+        blur[d] = p.blur
+        # within a batch: a quarter of the rows at each position, half of them blurred
+        assert torch.bincount(hue_at[d], minlength=4).tolist() == [2, 2, 2, 2]
+        assert int(p.blur.sum()) == 4 and sorted(p.blur_index.tolist()) == \
+            p.blur.nonzero().squeeze(1).tolist()
+        for pos, rows in enumerate(p.hue_subsets):
+            assert (hue_at[d][rows] == pos).all()
+    for row in range(n):  # across batches: each row's position uniform, blur with p = 0.5
+        counts = torch.bincount(hue_at[:, row], minlength=4).numpy()
+        assert stats.chisquare(counts).pvalue > P_MIN, (row, counts)
+        assert stats.binomtest(int(blur[:, row].sum()), draws, 0.5).pvalue > P_MIN
