@@ -163,6 +163,7 @@ class MoCo(Method):
         self.key_backbone = momentum_copy(self.backbone)
         self.key_head = momentum_copy(self.head)
         self.queue = FeatureQueue(c.queue_length, c.proj_dim)
+        self._pending_keys: torch.Tensor | None = None
 
     @classmethod
     def default_views(cls, config: MoCoConfig, image_size: int) -> ViewSpec:
@@ -201,7 +202,8 @@ class MoCo(Method):
                   for q, k in zip(queries, keys_local)]
         target = torch.zeros(len(logits[0]), dtype=torch.long, device=logits[0].device)
         loss = torch.stack([F.cross_entropy(lg, target) for lg in logits]).mean()
-        self.queue.enqueue(torch.cat(keys_all), gather=False)  # already gathered, rank order
+        # the batch's keys (already gathered, rank order) enter the queue after the step
+        self._pending_keys = torch.cat(keys_all) if self.training else None
         with torch.no_grad():
             top1 = torch.stack([(lg.argmax(1) == 0).float().mean() for lg in logits]).mean()
         return StepOutput(loss, {"instance_top1": top1}), queries
@@ -211,8 +213,12 @@ class MoCo(Method):
 
     # --- hooks ------------------------------------------------------------------------------
     def after_optimizer_step(self, ctx: TrainContext) -> None:
-        """EMA update of the key encoder (MoCo Eq. 2) with this step's momentum."""
+        """EMA update of the key encoder (MoCo Eq. 2) with this step's momentum, then the
+        step's keys enter the queue; a skipped step (``ctx.step_ok`` False) changes neither."""
         c = self.config
         m = momentum_at(ctx.step, ctx.total_steps, c.momentum, c.momentum_schedule)
-        ema_update_(self.key_backbone, self.backbone, m)
-        ema_update_(self.key_head, self.head, m)
+        ema_update_(self.key_backbone, self.backbone, m, apply=ctx.step_ok)
+        ema_update_(self.key_head, self.head, m, apply=ctx.step_ok)
+        if self._pending_keys is not None:
+            self.queue.enqueue(self._pending_keys, gather=False, valid=ctx.step_ok)
+            self._pending_keys = None

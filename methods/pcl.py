@@ -80,41 +80,44 @@ def scale_concentration(phi: torch.Tensor, temperature: float,
     return (temperature * phi / mean).clamp_min(temperature / 100.0).float()
 
 
-def sample_negative_prototypes(positive: torch.Tensor, num_clusters: int, num_negatives: int,
-                               generator: torch.Generator | None = None) -> torch.Tensor:
-    """Up to ``num_negatives`` cluster ids drawn uniformly without replacement from the clusters
-    that are no sample's positive (the reference's ``sample(all - positives, r)``); all of them
-    when fewer are left."""
-    free = torch.ones(num_clusters, dtype=torch.bool, device=positive.device)
-    free[positive] = False
-    ids = free.nonzero().squeeze(1)
-    if num_negatives < len(ids):
-        order = torch.randperm(len(ids), generator=generator, device="cpu").to(ids.device)
-        ids = ids[order[:num_negatives]]
-    return ids
+def candidate_prototypes(positive: torch.Tensor, num_clusters: int, num_negatives: int,
+                         generator: torch.Generator | None = None) -> torch.Tensor:
+    """(num_clusters,) bool mask of the prototypes in the ProtoNCE softmax: the batch's positive
+    clusters and up to ``num_negatives`` negatives drawn uniformly without replacement from the
+    clusters that are no sample's positive (the reference's ``sample(all - positives, r)``); all
+    of them when fewer are left.
+
+    Drawn as the ``num_negatives`` smallest of i.i.d. uniform keys, the positives' keys set
+    above every other (a uniform random subset of the free clusters), so every shape is fixed
+    and nothing is read back from the device.
+    """
+    keys = torch.rand(num_clusters, device=positive.device, generator=generator)
+    keys.index_fill_(0, positive, 2.0)  # taken only when fewer than num_negatives are free
+    chosen = torch.topk(keys, min(num_negatives, num_clusters), largest=False).indices
+    mask = torch.zeros(num_clusters, dtype=torch.bool, device=positive.device)
+    return mask.index_fill_(0, chosen, True).index_fill_(0, positive, True)
 
 
 def proto_nce_logits(q: torch.Tensor, prototypes: torch.Tensor, concentration: torch.Tensor,
-                     positive: torch.Tensor, negatives: torch.Tensor
+                     positive: torch.Tensor, candidates: torch.Tensor
                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """ProtoNCE logits of one clustering (PCL Eq. 11): ``q . c_j / phi_j`` over candidates.
+    """ProtoNCE logits of one clustering (PCL Eq. 11): ``q . c_j / phi_j`` for every cluster j,
+    -inf outside the ``candidates`` mask, and each query's target column (its own cluster).
 
-    Candidates are the distinct positive clusters of the batch followed by ``negatives``; the
-    second return value is each query's target column (its own cluster). Deviation from the
-    reference: it lists a prototype once per sample of the batch assigned to it, so a prototype
-    shared by several samples appears several times in each denominator; we list it once.
+    Deviation from the reference: it lists a prototype once per sample of the batch assigned to
+    it, so a prototype shared by several samples appears several times in each denominator; we
+    list it once.
     """
     with torch.autocast(q.device.type, enabled=False):
-        uniq, target = torch.unique(positive, return_inverse=True)
-        cols = torch.cat([uniq, negatives])
-        logits = (F.normalize(q.float(), dim=1) @ prototypes[cols].float().t())
-        return logits / concentration[cols].float(), target
+        logits = (F.normalize(q.float(), dim=1) @ prototypes.float().t())
+        logits = logits / concentration.float()
+        return logits.masked_fill(~candidates, float("-inf")), positive
 
 
 def proto_nce(q: torch.Tensor, prototypes: torch.Tensor, concentration: torch.Tensor,
-              positive: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+              positive: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
     """ProtoNCE of one clustering: mean ``-log softmax`` of each query's own prototype."""
-    logits, target = proto_nce_logits(q, prototypes, concentration, positive, negatives)
+    logits, target = proto_nce_logits(q, prototypes, concentration, positive, candidates)
     return F.cross_entropy(logits, target)
 
 
@@ -203,6 +206,7 @@ class PCL(MoCo):
         # (clusterings, dataset size): allocated in on_train_start / resized by load_state_dict
         self.register_buffer("assignments", torch.zeros(len(c.num_clusters), 0, dtype=torch.long))
         self.register_buffer("cluster_epoch", torch.full((), -1, dtype=torch.long))
+        self._clustered = False  # host copy of cluster_epoch >= 0
 
     # --- state ------------------------------------------------------------------------------
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
@@ -214,6 +218,7 @@ class PCL(MoCo):
                                            device=self.assignments.device)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
+        self._clustered = int(self.cluster_epoch) >= 0
 
     def clustering(self, m: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Centroids (k, d) and scaled concentrations (k,) of clustering ``m``."""
@@ -221,8 +226,8 @@ class PCL(MoCo):
 
     @property
     def clustered(self) -> bool:
-        """Whether a clustering exists (ProtoNCE is on)."""
-        return int(self.cluster_epoch) >= 0
+        """Whether a clustering exists (ProtoNCE is on); known on the host."""
+        return self._clustered
 
     # --- clustering -------------------------------------------------------------------------
     @torch.no_grad()
@@ -277,6 +282,7 @@ class PCL(MoCo):
             all_reduce_sum(concentration)
             all_reduce_sum(self.assignments[m])
         self.cluster_epoch.fill_(epoch)
+        self._clustered = True
 
     def _ensure_assignments(self, dataset_size: int) -> None:
         if self.assignments.shape[1] == dataset_size:
@@ -311,12 +317,11 @@ class PCL(MoCo):
         for m, k in enumerate(self.config.num_clusters):
             centroids, concentration = self.clustering(m)
             positive = self.assignments[m, index]
-            negatives = sample_negative_prototypes(positive, k,
-                                                   self.config.num_negative_prototypes)
+            candidates = candidate_prototypes(positive, k, self.config.num_negative_prototypes)
             prototypes = F.normalize(centroids, dim=1)
             for q in queries:
                 logits, target = proto_nce_logits(q, prototypes, concentration, positive,
-                                                  negatives)
+                                                  candidates)
                 terms.append(F.cross_entropy(logits, target))
                 top1.append((logits.detach().argmax(1) == target).float().mean())
         proto = torch.stack(terms).mean()

@@ -98,8 +98,11 @@ def sinkhorn(scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 3,
     dtype = torch.float64 if use_float64 else torch.float32
     with torch.autocast(scores.device.type, enabled=False):
         log_q = scores.detach().to(dtype) / epsilon
-        n_rows = torch.tensor(float(log_q.shape[0]), dtype=dtype, device=log_q.device)
-        log_n = torch.log(D.all_reduce_sum(n_rows))  # global B
+        if D.is_distributed():  # global B: the sum of the ranks' rows
+            n_rows = torch.full((), float(log_q.shape[0]), dtype=dtype, device=log_q.device)
+            log_n = torch.log(D.all_reduce_sum(n_rows))
+        else:
+            log_n = math.log(log_q.shape[0])
         log_k = math.log(log_q.shape[1])
         for _ in range(iterations):
             log_q = log_q - (_log_sum_over_samples(log_q) + log_k)  # each prototype: 1/K
@@ -334,9 +337,22 @@ class SwAV(Method):
             if c.queue_length > 0 else [])
         self.register_buffer("iteration", torch.zeros((), dtype=torch.long))  # steps done
         self.register_buffer("epoch", torch.zeros((), dtype=torch.long))  # current epoch
-        self._collapse_streak: torch.Tensor | None = None  # (loss at ln K, usage <= 2) streaks
-        self._collapse_calls = 0
+        # host copies of the two counters (restored from the buffers when a checkpoint loads),
+        # so a step never reads a device value to know where it is
+        self._iteration = 0
+        self._epoch = 0
+        self._ctx: TrainContext | None = None
+        self._pending: list[torch.Tensor] = []  # this step's embeddings, for the queue
+        self._possible_used = c.num_prototypes  # prototypes a batch's hard codes can reach
+        self._collapse_streaks = [0, 0]  # iterations with (loss at ln K, usage <= 2)
+        self._last_log_step = 0
         self._collapse_warned = False
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        self._iteration, self._epoch = int(self.iteration), int(self.epoch)
 
     @classmethod
     def default_views(cls, config: SwAVConfig, image_size: int) -> ViewSpec:
@@ -370,14 +386,14 @@ class SwAV(Method):
         [queue scores; batch scores], the queue re-scored with the current prototypes."""
         c = self.config
         rows = scores.detach()
-        if queue is not None and int(queue.filled) >= queue.length:
+        if queue is not None and queue.is_full:
             with torch.autocast(rows.device.type, enabled=False):
                 queued = self.prototypes(self._queue_rows(queue).float())
             rows = torch.cat([queued.to(rows.dtype), rows])
         codes = sinkhorn(rows, c.epsilon, c.sinkhorn_iterations, c.sinkhorn_float64)
         codes = codes[-scores.shape[0]:]
-        if c.hard_assignment_iters > 0 and int(self.iteration) < c.hard_assignment_iters:
-            codes = F.one_hot(codes.argmax(dim=1), codes.shape[1]).to(codes.dtype)
+        if self._iteration < c.hard_assignment_iters:
+            codes = torch.zeros_like(codes).scatter_(1, codes.argmax(dim=1, keepdim=True), 1.0)
         return codes
 
     # --- the step -------------------------------------------------------------------------------
@@ -395,28 +411,33 @@ class SwAV(Method):
         z_per_crop = z.detach().chunk(n_crops)
 
         use_queues = len(self.queues) > 0
-        queue_in_use = use_queues and int(self.queues[0].filled) >= self.queues[0].length
+        queue_in_use = use_queues and self.queues[0].is_full
         codes = [self.compute_codes(scores_per_crop[crop],
                                     self.queues[j] if use_queues else None)
                  for j, crop in enumerate(c.crops_for_assign)]
-        if use_queues and self.training and int(self.epoch) >= c.queue_start_epoch:
-            for j, crop in enumerate(c.crops_for_assign):  # after use: this batch enters
-                self.queues[j].enqueue(z_per_crop[crop])
+        # after use, this batch enters the queue: in after_optimizer_step, once the step is
+        # known to be finite
+        self._pending = ([z_per_crop[crop] for crop in c.crops_for_assign]
+                         if use_queues and self.training and self._epoch >= c.queue_start_epoch
+                         else [])
 
         loss = swapped_prediction_loss(scores_per_crop, codes, c.crops_for_assign,
                                        c.temperature)
-        metrics = self._monitor(loss, codes)
+        self._possible_used = min(c.num_prototypes, scores_per_crop[0].shape[0])
+        metrics: dict[str, Any] = {"ln_k": math.log(c.num_prototypes)}
+        if self._ctx is None or self._ctx.log_step:
+            metrics.update(self._monitor(loss, codes))
         if use_queues:
             metrics["queue_in_use"] = float(queue_in_use)
-        debug = {"scores": scores.detach(), "codes": torch.stack(codes),
-                 "embeddings": z.detach()}
+        debug = {"scores": scores.detach(), "embeddings": z.detach(),
+                 **{f"codes_{j}": q for j, q in enumerate(codes)}}
         return StepOutput(loss, metrics, debug)
 
     # --- collapse monitor -------------------------------------------------------------------------
     def _monitor(self, loss: torch.Tensor, codes: list[torch.Tensor]) -> dict[str, Any]:
-        """Collapse indicators: loss / ln K, prototypes used by the batch's hard codes and the
-        normalised entropy of that usage (1: even, 0: one prototype), mean top code (1/K when
-        the codes are uniform).
+        """Collapse indicators (device tensors, computed on log steps only): loss / ln K,
+        prototypes used by the batch's hard codes and the normalised entropy of that usage
+        (1: even, 0: one prototype), mean top code (1/K when the codes are uniform).
 
         The entropy of the *mean soft code* would say nothing: Sinkhorn makes it near uniform
         by construction, even when all samples are identical, so usage counts argmaxes. A
@@ -427,33 +448,28 @@ class SwAV(Method):
         k = self.config.num_prototypes
         ln_k = math.log(k)
         q = torch.cat(codes).detach()
-        counts = torch.bincount(q.argmax(dim=1), minlength=k).float()
+        top = q.argmax(dim=1)
+        counts = torch.zeros(k, device=q.device).index_add_(
+            0, top, torch.ones_like(top, dtype=torch.float32))  # bincount, without a sync
         usage = counts / counts.sum()
         entropy = -(usage * torch.log(usage.clamp_min(1e-30))).sum() / ln_k
-        used = (counts > 0).sum()
-        ratio = loss.detach() / ln_k
-        code_max = q.max(dim=1).values.mean()
-        self._watch_collapse(ratio, used, min(k, q.shape[0] // len(codes)))
-        return {"ln_k": ln_k, "loss_over_lnK": ratio, "prototypes_used": used,
-                "code_entropy": entropy, "code_max": code_max}
+        return {"loss_over_lnK": loss.detach() / ln_k, "prototypes_used": (counts > 0).sum(),
+                "code_entropy": entropy, "code_max": q.max(dim=1).values.mean()}
 
-    def _watch_collapse(self, ratio: torch.Tensor, used: torch.Tensor, possible: int) -> None:
-        """Warn once if the loss stays at ln K or usage stays <= 2 prototypes for
-        ``collapse_patience_iters`` steps; counts on the device, looks every 16 steps."""
+    def on_log(self, ctx: TrainContext, metrics: dict[str, float]) -> None:
+        """Warn once if the loss has stayed at ln K, or usage at <= 2 prototypes, for
+        ``collapse_patience_iters`` iterations, judged from the logged values (every
+        ``log_every_iters``; a streak counts the iterations since the first log that saw it)."""
         patience = self.config.collapse_patience_iters
-        if patience <= 0 or self._collapse_warned or not self.training:
+        if patience <= 0 or self._collapse_warned or "loss_over_lnK" not in metrics:
             return
-        at_ln_k = (ratio - 1).abs() < 0.003  # collapsed runs sit at ln K to 3 decimals
-        few = used <= 2 if possible > 4 else torch.zeros_like(at_ln_k)
-        bad = torch.stack([at_ln_k, few])
-        streak = self._collapse_streak
-        if streak is None or streak.device != bad.device:
-            streak = torch.zeros(2, dtype=torch.long, device=bad.device)
-        self._collapse_streak = torch.where(bad, streak + 1, torch.zeros_like(streak))
-        self._collapse_calls += 1
-        if self._collapse_calls % min(16, patience):
-            return
-        loss_streak, usage_streak = (int(s) for s in self._collapse_streak)
+        since = max(1, ctx.step - self._last_log_step)
+        self._last_log_step = ctx.step
+        at_ln_k = abs(metrics["loss_over_lnK"] - 1) < 0.003  # collapsed runs sit at ln K
+        few = metrics["prototypes_used"] <= 2 and self._possible_used > 4
+        self._collapse_streaks = [s + since if bad else 0
+                                  for s, bad in zip(self._collapse_streaks, (at_ln_k, few))]
+        loss_streak, usage_streak = self._collapse_streaks
         if max(loss_streak, usage_streak) < patience:
             return
         self._collapse_warned = True
@@ -478,8 +494,14 @@ class SwAV(Method):
             return self.prototypes(z).argmax(dim=1)
 
     # --- hooks ------------------------------------------------------------------------------------
+    def on_train_start(self, ctx: TrainContext) -> None:
+        """Keep the trainer's context: ``ctx.log_step`` says when metrics are wanted."""
+        self._ctx = ctx
+        self._last_log_step = ctx.step
+
     def on_epoch_start(self, ctx: TrainContext) -> None:
         """Remember the epoch (the queue fills from ``queue_start_epoch``) and the iteration."""
+        self._epoch, self._iteration = ctx.epoch, ctx.step
         self.epoch.fill_(ctx.epoch)
         self.iteration.fill_(ctx.step)
 
@@ -489,9 +511,15 @@ class SwAV(Method):
             self.prototypes.drop_grad_()
 
     def after_optimizer_step(self, ctx: TrainContext) -> None:
-        """Back onto the unit sphere after every step that moved them, so scores stay cosines
-        (Sec. 3.1). Frozen or fixed prototypes are left alone: re-normalising unit rows can
-        still flip their last bits, and resumed runs must match uninterrupted ones exactly."""
+        """The step's embeddings enter the queue (unless ``ctx.step_ok`` says the step was
+        skipped: then the slots keep their contents), and the prototypes go back onto the unit
+        sphere after every step that moved them, so scores stay cosines (Sec. 3.1). Frozen or
+        fixed prototypes are left alone: re-normalising unit rows can still flip their last
+        bits, and resumed runs must match uninterrupted ones exactly."""
+        for queue, z in zip(self.queues, self._pending):
+            queue.enqueue(z, valid=ctx.step_ok)
+        self._pending = []
         if self.prototypes.learnable and ctx.step >= self.config.freeze_prototypes_iters:
             self.prototypes.normalize_()
-        self.iteration.fill_(ctx.step + 1)
+        self._iteration = ctx.step + 1
+        self.iteration.fill_(self._iteration)

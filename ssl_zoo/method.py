@@ -55,6 +55,14 @@ class TrainContext:
     world_size: int = 1
     dataset_size: int = 0
     eval_batches: Any = None  # Callable[[], Iterator[tuple[Tensor, Tensor]]]
+    log_step: bool = True
+    """Whether this iteration's metrics will be logged: a method may skip metrics that cost
+    time (histograms, counts) on the other iterations. Outside the trainer always True."""
+    step_ok: torch.Tensor | None = None
+    """A 0-d bool tensor on the device, set before ``after_optimizer_step``: this step's loss
+    and gradients were finite on every rank. When it is False the optimiser skipped the update
+    on the device, and a method must take nothing from the step into its state (mask queue
+    writes and momentum updates with it). Never read it on the host. None: the step was good."""
 
     @property
     def epochs(self) -> int:
@@ -138,7 +146,16 @@ class Method(nn.Module):
         """Called after backward, before the optimiser step (SwAV drops frozen gradients)."""
 
     def after_optimizer_step(self, ctx: TrainContext) -> None:
-        """Called after the optimiser step (SwAV re-normalises prototypes; MoCo momentum)."""
+        """Called after the optimiser step (SwAV re-normalises prototypes and fills its queue;
+        MoCo updates its momentum encoder and queue).
+
+        State that takes in the step's data belongs here, not in ``forward``: only here is
+        ``ctx.step_ok`` known, and a step with a non-finite loss must leave the state as it was.
+        """
+
+    def on_log(self, ctx: TrainContext, metrics: dict[str, float]) -> None:
+        """Called on log steps with the step's metrics as host numbers (after the trainer's one
+        device-to-host transfer); a place for checks on them, e.g. SwAV's collapse warning."""
 
     # --- config helpers -----------------------------------------------------------------------
     @classmethod

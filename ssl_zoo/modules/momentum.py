@@ -29,11 +29,14 @@ def momentum_copy(module: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def ema_update_(target: nn.Module, online: nn.Module, momentum: float) -> None:
+def ema_update_(target: nn.Module, online: nn.Module, momentum: float,
+                apply: torch.Tensor | None = None) -> None:
     """In place ``p_k = m p_k + (1 - m) p_q`` for every parameter pair (MoCo Eq. 2).
 
     Only parameters move; buffers such as batch-norm running statistics stay the target's own,
     accumulated from its own forward passes, as in the MoCo reference implementation.
+    ``apply`` (a 0-d bool tensor on the device): where False, nothing moves (the momentum is
+    taken as 1 on the device, so the host never reads it).
     """
     if not 0.0 <= momentum <= 1.0:
         raise ValueError(f"momentum must be in [0, 1], got {momentum}")
@@ -45,8 +48,14 @@ def ema_update_(target: nn.Module, online: nn.Module, momentum: float) -> None:
             raise ValueError(f"parameter shapes differ: {tuple(pk.shape)} vs {tuple(pq.shape)}")
     if momentum == 1.0:
         return
-    torch._foreach_mul_(tp, momentum)
-    torch._foreach_add_(tp, [p.detach().to(t.dtype) for p, t in zip(op, tp)], alpha=1.0 - momentum)
+    online_values = [p.detach().to(t.dtype) for p, t in zip(op, tp)]
+    if apply is None:
+        torch._foreach_mul_(tp, momentum)
+        torch._foreach_add_(tp, online_values, alpha=1.0 - momentum)
+        return
+    m = torch.where(apply, momentum, 1.0).to(device=tp[0].device, dtype=tp[0].dtype)
+    torch._foreach_mul_(tp, m)
+    torch._foreach_add_(tp, torch._foreach_mul(online_values, 1.0 - m))
 
 
 def momentum_at(step: int, total_steps: int, base_momentum: float, schedule: str = "constant",

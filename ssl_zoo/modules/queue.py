@@ -36,6 +36,8 @@ class FeatureQueue(nn.Module):
         self.register_buffer("features", init)
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
         self.register_buffer("filled", torch.zeros((), dtype=torch.long))
+        self._ptr = 0
+        self._filled = 0
 
     @property
     def length(self) -> int:
@@ -45,12 +47,35 @@ class FeatureQueue(nn.Module):
     def dim(self) -> int:
         return self.features.shape[1]
 
+    # --- host-side counters -------------------------------------------------------------------
+    # The write position and the fill count depend only on how many keys were enqueued, so they
+    # are kept as Python ints beside their buffers (restored from them when a checkpoint loads):
+    # a step never reads them back from the device.
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        self._ptr, self._filled = int(self.ptr), int(self.filled)
+
+    @property
+    def filled_count(self) -> int:
+        """Slots written by :meth:`enqueue` so far (at most ``length``), known on the host."""
+        return self._filled
+
+    @property
+    def is_full(self) -> bool:
+        return self._filled >= self.length
+
     @torch.no_grad()
-    def enqueue(self, keys: torch.Tensor, *, gather: bool = True) -> None:
+    def enqueue(self, keys: torch.Tensor, *, gather: bool = True,
+                valid: torch.Tensor | None = None) -> None:
         """Overwrite the oldest entries with ``keys`` (N, dim), wrapping around the end.
 
         With ``gather`` the keys of every rank are concatenated first (rank order), so all ranks
         hold the same queue. When more keys than slots arrive, only the newest ``length`` stay.
+        ``valid`` (a 0-d bool tensor on the device): where it is False (a training step skipped
+        for a non-finite loss) the slots keep their old contents; the write position still
+        advances, so the counters never depend on a device value.
         """
         if gather:
             keys = gather_nograd(keys)
@@ -60,18 +85,23 @@ class FeatureQueue(nn.Module):
         n, length = keys.shape[0], self.length
         if n == 0:
             return
-        ptr = int(self.ptr)
+        ptr = self._ptr
         if n >= length:  # only the newest `length` keys survive; they end where the write ends
             ptr = (ptr + n - length) % length
             keys, n = keys[n - length:], length
         slots = (torch.arange(n, device=self.features.device) + ptr) % length
-        self.features.index_copy_(0, slots, keys.to(self.features.dtype))
-        self.ptr.fill_((ptr + n) % length)
-        self.filled.fill_(min(int(self.filled) + n, length))
+        keys = keys.to(self.features.dtype)
+        if valid is not None:
+            keys = torch.where(valid, keys, self.features.index_select(0, slots))
+        self.features.index_copy_(0, slots, keys)
+        self._ptr = (ptr + n) % length
+        self._filled = min(self._filled + n, length)
+        self.ptr.fill_(self._ptr)
+        self.filled.fill_(self._filled)
 
     def valid(self) -> torch.Tensor:
         """The entries written by :meth:`enqueue` so far, oldest first (all once full)."""
-        filled, ptr = int(self.filled), int(self.ptr)
+        filled, ptr = self._filled, self._ptr
         slots = (torch.arange(filled, device=self.features.device) + ptr - filled) % self.length
         return self.features[slots]
 

@@ -164,6 +164,8 @@ def test_loss_uses_queue_before_update_then_enqueues_keys():
         expected_keys = m.key(views[1])  # one BN group: same statistics as the shuffled pass
         queries = m.query(views[0])
     out = m(views)
+    assert torch.equal(m.queue.features, queue_before)  # keys enter after the step
+    m.after_optimizer_step(TrainContext())
     expected = info_nce(queries, expected_keys, queue_before, m.config.temperature)
     torch.testing.assert_close(out.loss, expected, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(m.queue.features[:16], expected_keys, rtol=1e-4, atol=1e-5)
@@ -179,6 +181,7 @@ def test_symmetric_loss_is_mean_of_both_directions():
         k0, k1 = m.key(views[0]), m.key(views[1])
         q0, q1 = m.query(views[0]), m.query(views[1])
     out = m(views)
+    m.after_optimizer_step(TrainContext())
     t = m.config.temperature
     expected = (info_nce(q0, k1, queue_before, t) + info_nce(q1, k0, queue_before, t)) / 2
     torch.testing.assert_close(out.loss, expected, rtol=1e-4, atol=1e-5)
@@ -204,6 +207,7 @@ def test_state_dict_resumes_queue_and_key_encoder():
     m = _method()
     for s in range(3):
         m(_views(seed=s))
+        m.after_optimizer_step(TrainContext(step=s))
     fresh = _method()
     fresh.load_state_dict(m.state_dict())
     torch.testing.assert_close(fresh.queue.features, m.queue.features)
@@ -241,3 +245,20 @@ def test_wrong_number_of_crops():
     x = torch.randn(4, 3, 16, 16)
     with pytest.raises(ConfigError, match="exactly 2 crops"):
         m(Views.from_crops([x, x, x]))
+
+
+def test_a_skipped_step_changes_neither_queue_nor_key_encoder():
+    m = _method()
+    with torch.no_grad():
+        for p in m.backbone.parameters():
+            p.add_(0.5)  # online and key encoders differ, so an EMA step would move the keys
+    queue = m.queue.features.clone()
+    keys = [p.clone() for p in m.key_backbone.parameters()]
+    m(_views())
+    m.after_optimizer_step(TrainContext(step=0, total_steps=10, step_ok=torch.tensor(False)))
+    assert torch.equal(m.queue.features, queue)
+    assert all(torch.equal(a, b) for a, b in zip(m.key_backbone.parameters(), keys))
+    m(_views(seed=1))
+    m.after_optimizer_step(TrainContext(step=1, total_steps=10, step_ok=torch.tensor(True)))
+    assert not torch.equal(m.queue.features, queue)
+    assert not any(torch.equal(a, b) for a, b in zip(m.key_backbone.parameters(), keys))

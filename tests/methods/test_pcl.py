@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 from methods.pcl import (
     PCL,
     PCLConfig,
+    candidate_prototypes,
     cluster_concentration,
     proto_nce,
     proto_nce_logits,
-    sample_negative_prototypes,
     scale_concentration,
 )
 from ssl_zoo.backbones import ConvNet
@@ -88,39 +88,47 @@ def test_proto_nce_on_hand_made_example():
     protos = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]])
     phi = torch.tensor([0.1, 0.2, 0.3, 0.4])
     positive = torch.tensor([1, 0, 1])  # clusters of the 3 samples
-    negatives = torch.tensor([3])  # sampled among clusters nobody is in: {2, 3}
-    # candidates: distinct positives {0, 1} then negatives {3}
+    candidates = torch.tensor([True, True, False, True])  # positives {0, 1}, negative 3
     cand = [0, 1, 3]
     expected = 0.0
     for i in range(3):
         s = {j: float(q[i] @ protos[j]) / float(phi[j]) for j in cand}
         expected += -(s[int(positive[i])] - math.log(sum(math.exp(v) for v in s.values())))
     expected /= 3
-    got = proto_nce(q, protos, phi, positive, negatives)
+    got = proto_nce(q, protos, phi, positive, candidates)
     assert got.item() == pytest.approx(expected, rel=1e-6)
-    logits, target = proto_nce_logits(q, protos, phi, positive, negatives)
-    assert logits.shape == (3, 3) and target.tolist() == [1, 0, 1]
+    logits, target = proto_nce_logits(q, protos, phi, positive, candidates)
+    assert logits.shape == (3, 4) and target.tolist() == [1, 0, 1]
+    assert torch.isneginf(logits[:, 2]).all()  # cluster 2 is not a candidate
 
 
 def test_proto_nce_prefers_own_prototype():
     protos = torch.nn.functional.normalize(torch.randn(6, 8), dim=1)
     phi = torch.full((6,), 0.2)
     positive = torch.tensor([0, 1, 2])
-    near = proto_nce(protos[positive] + 0.01, protos, phi, positive, torch.tensor([3, 4, 5]))
-    far = proto_nce(-protos[positive], protos, phi, positive, torch.tensor([3, 4, 5]))
+    every = torch.ones(6, dtype=torch.bool)
+    near = proto_nce(protos[positive] + 0.01, protos, phi, positive, every)
+    far = proto_nce(-protos[positive], protos, phi, positive, every)
     assert near < far
 
 
 def test_negative_sampling():
     positive = torch.tensor([1, 4, 4, 7])
-    neg = sample_negative_prototypes(positive, 10, 3, torch.Generator().manual_seed(0))
-    assert len(neg) == 3 and len(set(neg.tolist())) == 3
-    assert not set(neg.tolist()) & {1, 4, 7}
-    everything = sample_negative_prototypes(positive, 10, 100)
-    assert sorted(everything.tolist()) == [0, 2, 3, 5, 6, 8, 9]
-    draws = {tuple(sorted(sample_negative_prototypes(positive, 10, 2).tolist()))
-             for _ in range(30)}
-    assert len(draws) > 1  # random, not always the same clusters
+
+    def negatives(mask):
+        return set(torch.arange(10)[mask].tolist()) - {1, 4, 7}
+
+    mask = candidate_prototypes(positive, 10, 3, torch.Generator().manual_seed(0))
+    assert mask[[1, 4, 7]].all() and len(negatives(mask)) == 3  # positives + 3 negatives
+    everything = candidate_prototypes(positive, 10, 100)
+    assert everything.all()  # fewer free clusters than asked for: all of them
+    draws = [tuple(sorted(negatives(candidate_prototypes(positive, 10, 2))))
+             for _ in range(2100)]
+    # uniform over the 21 pairs of the 7 free clusters (chi-square, 20 degrees of freedom)
+    counts = [draws.count(pair) for pair in set(draws)]
+    assert len(counts) == 21
+    chi2 = sum((c - 100) ** 2 / 100 for c in counts)
+    assert chi2 < 45.3  # the 0.999 quantile
 
 
 # --------------------------------------------------------------------------------------------

@@ -273,6 +273,11 @@ def make_views(batch: int = 8, n_local: int = 2, seed: int = 0) -> Views:
     return Views.from_crops(crops)
 
 
+def codes_of(out) -> torch.Tensor:
+    """(assigned crops, B, K) codes from a step's debug tensors."""
+    return torch.stack([out.debug[f"codes_{j}"] for j in (0, 1)])
+
+
 def sgd_step(model, opt, ctx):
     model.before_optimizer_step(ctx)
     opt.step()
@@ -302,7 +307,7 @@ def test_forward_runs_the_backbone_once_per_resolution_and_follows_the_pure_loss
 def test_usage_metrics_count_hard_assignments():
     model = make_model()
     out = model(make_views(batch=8))
-    hard = out.debug["codes"].reshape(-1, 12).argmax(1)
+    hard = codes_of(out).reshape(-1, 12).argmax(1)
     counts = torch.bincount(hard, minlength=12).double()
     p = counts[counts > 0] / counts.sum()
     assert int(out.metrics["prototypes_used"]) == int((counts > 0).sum())
@@ -394,7 +399,7 @@ def test_hard_assignment_for_the_first_iterations():
     for step in range(3):
         ctx.step = step
         out = model(make_views(seed=step))
-        codes = out.debug["codes"]
+        codes = codes_of(out)
         one_hot = bool(((codes == 0) | (codes == 1)).all()) and bool((codes.sum(-1) == 1).all())
         assert one_hot == (step < 2)
         out.loss.backward()
@@ -418,8 +423,11 @@ def test_queue_codes_equal_the_last_rows_of_sinkhorn_on_queue_and_batch():
             else:
                 expected = sinkhorn(torch.cat([queued[j] @ protos.t(), scores[crop]]),
                                     0.03, 3)[-batch:]
-            torch.testing.assert_close(out.debug["codes"][j], expected)
-            # this batch's embeddings entered the queue after use
+            torch.testing.assert_close(out.debug[f"codes_{j}"], expected)
+        assert int(model.queues[0].filled) == filled  # nothing enters before the step is done
+        ctx.step = step
+        model.after_optimizer_step(ctx)
+        for j, crop in enumerate((0, 1)):  # this batch's embeddings entered the queue after use
             z = out.debug["embeddings"].chunk(4)[crop]
             assert any(torch.equal(z, part) for part in model.queues[j].features.split(batch))
         assert float(out.metrics["queue_in_use"]) == float(filled == 2 * batch)
@@ -432,13 +440,16 @@ def test_queue_fills_from_queue_start_epoch_only():
     ctx = TrainContext(epoch=0)
     model.on_epoch_start(ctx)
     model(make_views())
+    model.after_optimizer_step(ctx)
     assert int(model.queues[0].filled) == 0
     ctx.epoch = 1
     model.on_epoch_start(ctx)
     model(make_views())
+    model.after_optimizer_step(ctx)
     assert int(model.queues[0].filled) == 8
     model.eval()  # evaluation forwards leave the queue alone
     model(make_views())
+    model.after_optimizer_step(ctx)
     assert int(model.queues[0].filled) == 8
 
 
@@ -461,7 +472,7 @@ def test_state_dict_carries_queue_and_counters():
     views = make_views(seed=99)
     a, b = model(views), fresh(views)
     assert torch.equal(a.loss, b.loss)
-    assert torch.equal(a.debug["codes"], b.debug["codes"])
+    assert torch.equal(codes_of(a), codes_of(b))
     assert float(a.metrics["queue_in_use"]) == 1.0
 
 
@@ -487,8 +498,8 @@ def test_forward_under_bf16_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(views)
     assert torch.isfinite(out.loss) and out.loss.dtype == torch.float32
-    assert out.debug["codes"].dtype == torch.float32
-    torch.testing.assert_close(out.debug["codes"].sum(-1), torch.ones(2, 8))
+    assert codes_of(out).dtype == torch.float32
+    torch.testing.assert_close(codes_of(out).sum(-1), torch.ones(2, 8))
     out.loss.backward()
     assert torch.isfinite(model.prototypes.weight.grad).all()
 
@@ -505,10 +516,14 @@ def test_collapse_warns_once():
     torch.manual_seed(0)
     model = SwAV(Constant(), 16, SwAVConfig(num_prototypes=12, feat_dim=8, n_local=2,
                                             collapse_patience_iters=3))
+    ctx = TrainContext()
+    model.on_train_start(ctx)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        for _ in range(12):
+        for step in range(12):  # logged every step
             out = model(make_views())
+            ctx.step = step + 1
+            model.on_log(ctx, {k: float(v) for k, v in out.metrics.items()})
     assert int(out.metrics["prototypes_used"]) == 1
     swav = [w for w in caught if "collapsed" in str(w.message)]
     assert len(swav) == 1 and issubclass(swav[0].category, RuntimeWarning)
@@ -623,3 +638,39 @@ def test_swav_with_queue_survives_sigkill(tmp_path):
         tmp_path, "swav", ["--batch-size", "100", "--epochs", "2", "--set", "train.max_steps=24",
                            *QUEUE_RUN[:2], "--set", "method.queue_length=200", *QUEUE_RUN[4:]],
         total_steps=24)
+
+
+def test_a_skipped_step_leaves_the_queue_unchanged():
+    """A step the trainer skips (non-finite loss: ctx.step_ok False) puts nothing in the queue;
+    the write position still advances, so the host's counters stay device-free."""
+    model = make_model(queue_length=16, queue_start_epoch=0)
+    ctx = TrainContext()
+    model.on_train_start(ctx)
+    model.on_epoch_start(ctx)
+    model(make_views(seed=0))
+    model.after_optimizer_step(ctx)
+    before = [q.features.clone() for q in model.queues]
+    model(make_views(seed=1))
+    ctx.step, ctx.step_ok = 1, torch.tensor(False)
+    model.after_optimizer_step(ctx)
+    for q, b in zip(model.queues, before):
+        assert torch.equal(q.features, b)
+    ctx.step, ctx.step_ok = 2, torch.tensor(True)
+    out = model(make_views(seed=2))
+    model.after_optimizer_step(ctx)
+    z = out.debug["embeddings"].chunk(4)[0]
+    # slots 0-7: the first batch, 8-15: kept through the skipped step, then the ring wraps
+    assert model.queues[0].filled_count == 16 and int(model.queues[0].ptr) == 8
+    assert torch.equal(model.queues[0].features[:8], z)
+    assert torch.equal(model.queues[0].features[8:], before[0][8:])
+
+
+def test_metrics_that_cost_time_are_computed_on_log_steps_only():
+    model = make_model()
+    ctx = TrainContext(log_step=False)
+    model.on_train_start(ctx)
+    quiet = model(make_views())
+    assert set(quiet.metrics) == {"ln_k"}
+    ctx.log_step = True
+    logged = model(make_views())
+    assert {"loss_over_lnK", "prototypes_used", "code_entropy", "code_max"} <= set(logged.metrics)

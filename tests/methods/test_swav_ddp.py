@@ -13,6 +13,7 @@ from torch import nn
 
 from methods.swav import SwAV, SwAVConfig, sinkhorn
 from ssl_zoo.data.views import Views
+from ssl_zoo.method import TrainContext
 from ssl_zoo.modules.distributed import all_reduce_mean
 
 WORLD = 2
@@ -44,13 +45,15 @@ def run_steps(model: SwAV, steps: list[list[torch.Tensor]], part=lambda t: t) ->
     """Forward + backward of each step's crops; the loss, codes, metrics and gradients
     (averaged over ranks, as DDP would) of each step. No optimiser: the weights stay put."""
     out = []
-    for crops in steps:
+    for i, crops in enumerate(steps):
         res = model(Views.from_crops([part(c) for c in crops]))
         res.loss.backward()
         grads = {n: all_reduce_mean(p.grad.detach().clone())
                  for n, p in model.named_parameters() if p.grad is not None}
         model.zero_grad(set_to_none=True)
-        out.append({"loss": res.loss.detach(), "codes": res.debug["codes"],
+        model.after_optimizer_step(TrainContext(step=i))  # the batch enters the queue
+        codes = torch.stack([res.debug["codes_0"], res.debug["codes_1"]])
+        out.append({"loss": res.loss.detach(), "codes": codes,
                     "queue_in_use": res.metrics["queue_in_use"], "grads": grads})
     return out
 
