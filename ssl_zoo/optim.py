@@ -1,4 +1,10 @@
-"""Optimisers and learning-rate schedules used by the trainer."""
+"""Optimisers and learning-rate schedules used by the trainer.
+
+Every update is multi-tensor (``torch._foreach_*`` or PyTorch's fused kernels), and every
+optimiser built here can skip a step on the device: set ``optimizer.found_inf`` to a 0-d float
+tensor (1: skip) before ``step()``, as ``torch.amp.GradScaler`` does for fused optimisers. The
+host never reads it.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +17,12 @@ from torch import nn
 class LARS(torch.optim.Optimizer):
     """SGD with momentum and layer-wise adaptive rate scaling (You et al. 2017).
 
-    Follows the LARC form used by the official SwAV code (apex ``LARC``, ``clip=False``): for a
-    parameter p with gradient g, ``local_lr = eta * |p| / (|g| + weight_decay * |p|)``, then
-    ``g <- local_lr * (g + weight_decay * p)`` and a momentum SGD step with the global rate.
-    Groups with ``lars_adapt=False`` (batch norm, biases) get plain momentum SGD without decay.
+    The LARC rule of the official SwAV code (apex ``LARC``, ``clip=False``): for a parameter p
+    with gradient g and both norms non-zero, ``local_lr = eta |p| / (|g| + wd |p| + eps)`` and
+    ``g <- local_lr (g + wd p)``; otherwise g is left as it is; then momentum SGD without
+    dampening at the global rate. Groups with ``lars_adapt=False`` (batch norm and biases when
+    they are excluded) get plain momentum SGD with their own weight decay. One multi-tensor
+    pass per group, not a loop of kernels per parameter.
     """
 
     def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
@@ -26,43 +34,65 @@ class LARS(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         loss = closure() if closure is not None else None
+        found_inf = getattr(self, "found_inf", None)
         for group in self.param_groups:
-            wd, eta, mom = group["weight_decay"], group["eta"], group["momentum"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                g = p.grad
-                if group["lars_adapt"]:
-                    p_norm = torch.linalg.vector_norm(p)
-                    g_norm = torch.linalg.vector_norm(g)
-                    local_lr = torch.where(
-                        (p_norm > 0) & (g_norm > 0),
-                        eta * p_norm / (g_norm + wd * p_norm + group["eps"]),
-                        torch.ones_like(p_norm),
-                    )
-                    g = (g + wd * p) * local_lr
-                elif wd:
-                    g = g + wd * p
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            wd, eta, mom, lr = (group["weight_decay"], group["eta"], group["momentum"],
+                                group["lr"])
+            grads = [p.grad for p in params]
+            keep = None
+            if found_inf is not None:  # a skipped step: zero gradients (NaN-safe), no decay
+                ok = found_inf.reshape(()) == 0
+                keep = ok.to(params[0].dtype)
+                grads = [torch.where(ok, g, 0.0) for g in grads]
+            if group["lars_adapt"]:
+                p_norm = torch.stack(torch._foreach_norm(params))
+                g_norm = torch.stack(torch._foreach_norm(grads))
+                adapt = (p_norm > 0) & (g_norm > 0)
+                local = torch.where(adapt, eta * p_norm / (g_norm + wd * p_norm + group["eps"]),
+                                    1.0)
+                if keep is not None:
+                    local = local * keep
+                # d_p = a g + b p with a = local lr, b = wd * local lr where adapted, else a=1, b=0
+                d_p = torch._foreach_mul(grads, list(local.unbind()))
+                torch._foreach_add_(d_p, torch._foreach_mul(
+                    params, list(torch.where(adapt, wd * local, 0.0).unbind())))
+            else:
+                d_p = torch._foreach_add(grads, params, alpha=wd) if wd else list(grads)
+                if keep is not None:
+                    torch._foreach_mul_(d_p, keep)
+            bufs = []
+            for p in params:
                 state = self.state[p]
-                buf = state.get("momentum_buffer")
-                if buf is None:
-                    buf = state["momentum_buffer"] = g.clone()
-                else:
-                    buf.mul_(mom).add_(g)
-                p.add_(buf, alpha=-group["lr"])
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p)
+                bufs.append(state["momentum_buffer"])
+            if keep is None:
+                torch._foreach_mul_(bufs, mom)
+                torch._foreach_add_(bufs, d_p)
+                torch._foreach_add_(params, bufs, alpha=-lr)
+            else:  # a skipped step leaves the buffers (momentum 1, nothing added) and weights
+                torch._foreach_mul_(bufs, torch.where(ok, mom, 1.0).to(params[0].dtype))
+                torch._foreach_add_(bufs, d_p)
+                torch._foreach_add_(params, torch._foreach_mul(bufs, keep * -lr))
         return loss
 
 
 def is_no_decay(name: str, param: nn.Parameter) -> bool:
-    """Batch-norm weights and all biases (1-d tensors) get no weight decay or LARS adaptation."""
+    """Batch-norm weights and all biases (1-d tensors)."""
     return param.ndim <= 1 or name.endswith(".bias")
 
 
-def param_groups(named_params, weight_decay: float) -> list[dict]:
-    """Two groups: decayed weights, and BN/bias parameters without decay or adaptation."""
+def param_groups(named_params, weight_decay: float, exclude_norm_and_bias: bool = True
+                 ) -> list[dict]:
+    """Decayed and LARS-adapted weights, and, with ``exclude_norm_and_bias``, a second group of
+    BN/bias parameters without decay or adaptation (SimCLR, BYOL). Without it every parameter
+    is decayed and adapted (the official SwAV code's LARC)."""
     decay, no_decay = [], []
     for name, p in named_params:
-        (no_decay if is_no_decay(name, p) else decay).append(p)
+        (no_decay if exclude_norm_and_bias and is_no_decay(name, p) else decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay, "lars_adapt": True}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0, "lars_adapt": False})
@@ -70,19 +100,22 @@ def param_groups(named_params, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(name: str, named_params, lr: float, weight_decay: float, momentum: float,
-                    lars_eta: float) -> torch.optim.Optimizer:
-    """The optimiser ``name`` (sgd, lars, adam, adamw) over BN/bias-aware parameter groups."""
-    groups = param_groups(named_params, weight_decay)
+                    lars_eta: float, exclude_norm_and_bias: bool = True
+                    ) -> torch.optim.Optimizer:
+    """The optimiser ``name`` (sgd, lars, adam, adamw) over BN/bias-aware parameter groups;
+    SGD, Adam and AdamW are PyTorch's fused (one kernel for all parameters) versions."""
+    groups = param_groups(named_params, weight_decay, exclude_norm_and_bias)
     if name == "lars":
         return LARS(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, eta=lars_eta)
     for g in groups:
         g.pop("lars_adapt")
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                               fused=True)
     if name == "adam":
-        return torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay)
+        return torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay, fused=True)
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, fused=True)
     raise ValueError(f"unknown optimizer {name!r}")
 
 

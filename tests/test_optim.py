@@ -2,10 +2,11 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from torch import nn
 
-from ssl_zoo.optim import LARS, build_optimizer, param_groups, warmup_cosine
+from ssl_zoo.optim import LARS, build_optimizer, is_no_decay, param_groups, warmup_cosine
 
 
 def test_lars_step_against_hand_computation():
@@ -60,3 +61,76 @@ def test_warmup_cosine_values():
                         final + 0.5 * (peak - final) * (1 + math.cos(math.pi * int(mid - 10) / 89)))
     assert math.isclose(warmup_cosine(99, 100, 10, peak, final), final)
     assert warmup_cosine(0, 10, 0, peak, 0.0) == 1.0
+
+
+def larc_reference(params, grads, bufs, lr, wd, eta, mom, eps=1e-8, adapt=None):
+    """The official SwAV optimiser, one parameter at a time: apex LARC (clip=False) around
+    torch SGD(momentum, no dampening), written out in float64 loops."""
+    out_p, out_b = [], []
+    for i, (p, g, buf) in enumerate(zip(params, grads, bufs)):
+        p, g = p.double().clone(), g.double().clone()
+        if adapt is None or adapt[i]:
+            pn, gn = float(p.norm()), float(g.norm())
+            if pn != 0 and gn != 0:
+                local = eta * pn / (gn + pn * wd + eps)
+                g = (g + wd * p) * local
+        elif wd:
+            g = g + wd * p
+        buf = g.clone() if buf is None else buf * mom + g
+        out_p.append(p - lr * buf)
+        out_b.append(buf)
+    return out_p, out_b
+
+
+@pytest.mark.parametrize("exclude", [False, True])
+def test_lars_matches_a_per_parameter_transcription_of_larc(exclude):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 7), nn.BatchNorm1d(7), nn.Linear(7, 3))
+    named = list(model.named_parameters())
+    lr, wd, eta, mom = 0.3, 1e-4, 0.001, 0.9
+    opt = LARS(param_groups(named, wd, exclude_norm_and_bias=exclude), lr=lr, momentum=mom,
+               weight_decay=wd, eta=eta)
+    adapt = [not (exclude and is_no_decay(n, p)) for n, p in named]
+    decay = [wd if a else 0.0 for a in adapt]
+    ref_p = [p.detach().double().clone() for _, p in named]
+    ref_b = [None] * len(named)
+    for step in range(4):
+        grads = [torch.randn_like(p) for _, p in named]
+        grads[1] = torch.zeros_like(grads[1]) if step == 1 else grads[1]  # |g| = 0: untouched
+        for (_, p), g in zip(named, grads):
+            p.grad = g.clone()
+        opt.step()
+        new = [larc_reference([rp], [g], [rb], lr, d, eta, mom, adapt=[a])
+               for rp, g, rb, d, a in zip(ref_p, grads, ref_b, decay, adapt)]
+        ref_p = [n[0][0] for n in new]
+        ref_b = [n[1][0] for n in new]
+        for (name, p), rp in zip(named, ref_p):
+            torch.testing.assert_close(p.detach().double(), rp, rtol=1e-5, atol=1e-6,
+                                       msg=f"{name} at step {step}")
+
+
+@pytest.mark.parametrize("name", ["sgd", "lars", "adam", "adamw"])
+def test_a_step_marked_found_inf_changes_nothing(name):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+    opt = build_optimizer(name, model.named_parameters(), 0.1, 0.01, 0.9, 0.001)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    opt.found_inf = torch.zeros(())
+    opt.step()  # a good step creates the state
+    params = [p.detach().clone() for p in model.parameters()]
+    state = {(i, k): v.clone() for i, p in enumerate(model.parameters())
+             for k, v in opt.state[p].items() if isinstance(v, torch.Tensor)}
+    for p in model.parameters():
+        p.grad = torch.full_like(p, float("nan"))
+    opt.found_inf = torch.ones(())
+    opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), params))
+    after = {(i, k): v for i, p in enumerate(model.parameters())
+             for k, v in opt.state[p].items() if isinstance(v, torch.Tensor)}
+    assert state and all(torch.equal(after[k], v) for k, v in state.items())
+    for p in model.parameters():  # and the next good step moves again
+        p.grad = torch.randn_like(p)
+    opt.found_inf = torch.zeros(())
+    opt.step()
+    assert not torch.equal(next(model.parameters()), params[0])
