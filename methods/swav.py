@@ -284,6 +284,7 @@ _PAPER_METHOD = {
 _PAPER_TRAIN = {
     "optimizer": "lars", "final_lr_ratio": 0.001, "weight_decay": 1e-6, "momentum": 0.9,
     "lars_eta": 0.001, "batch_size": 64, "amp": "auto", "sync_bn": True,
+    "exclude_norm_and_bias": False,  # apex LARC on every parameter, as the official code
 }
 PRESETS: dict[str, dict[str, Any]] = {
     "imagenet-bs4096": {  # 800 epochs, 64 GPUs x 64 images, LARS base lr 4.8

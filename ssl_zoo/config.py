@@ -35,7 +35,10 @@ class TrainConfig:
     lr_per_256: float = 2e-3
     """Peak learning rate for a global batch of 256; scaled linearly with the global batch."""
     weight_decay: float = 1e-6
-    """Weight decay; never applied to batch-norm parameters and biases."""
+    """Weight decay (not on batch-norm parameters and biases while exclude_norm_and_bias)."""
+    exclude_norm_and_bias: bool = True
+    """Batch-norm weights and biases get no weight decay and no LARS adaptation (SimCLR, BYOL);
+    false: every parameter gets both (the official SwAV code's LARC)."""
     momentum: float = 0.9
     """SGD / LARS momentum (Adam beta1 is 0.9 regardless)."""
     lars_eta: float = 0.001
@@ -59,11 +62,22 @@ class TrainConfig:
     eval_every_epochs: int = 0
     """kNN evaluation every this many epochs during training (0: only at the end)."""
     skip_nonfinite: int = 0
-    """Skip up to this many steps with a non-finite loss before stopping (0: stop at once)."""
+    """Skip up to this many steps with a non-finite loss before stopping (0: stop at once). A
+    non-finite step is skipped on the device at once; the trainer learns of it at the next log
+    step or checkpoint (at most log_every_iters later), and stops or warns there."""
     sync_bn: bool = False
     """Convert batch norm to SyncBatchNorm when distributed."""
     max_steps: int = 0
     """Stop after this many optimiser steps (0: no limit); for smoke tests."""
+    compile: bool = False
+    """Run the backbone and the method's heads through ``torch.compile`` (in place, so
+    checkpoints keep their key names); the first steps of each crop size pay the compile."""
+    channels_last: bool = True
+    """On CUDA: model weights and crops in channels-last memory format (faster convolutions)."""
+    cudnn_benchmark: bool = True
+    """On CUDA: let cuDNN time its convolution algorithms for the (fixed) crop shapes."""
+    tf32: bool = True
+    """On CUDA: TF32 tensor cores for float32 matrix products and convolutions."""
 
 
 @dataclass

@@ -132,6 +132,39 @@ def build_method(cfg: RunConfig, image_size: int, global_batch: int = 0,
     return method, spec
 
 
+def compile_modules(method: Method) -> None:
+    """``torch.compile`` the backbone and every other child module with parameters (heads,
+    prototypes, momentum encoders) in place, so parameter and checkpoint names do not change."""
+    for module in method.children():
+        if any(True for _ in module.parameters()):
+            module.compile()
+
+
+def prefetch(batches, device: torch.device):
+    """The loader's (images, index) batches; on CUDA the next batch is copied (from pinned
+    memory, on a side stream) while the current step computes."""
+    if device.type != "cuda":
+        yield from batches
+        return
+    stream = torch.cuda.Stream(device)
+
+    def copy(batch):
+        with torch.cuda.stream(stream):
+            return tuple(x.to(device, non_blocking=True) for x in batch)
+
+    it = iter(batches)
+    nxt = next(it, None)
+    pending = copy(nxt) if nxt is not None else None
+    while pending is not None:
+        torch.cuda.current_stream(device).wait_stream(stream)
+        for x in pending:
+            x.record_stream(torch.cuda.current_stream(device))
+        current = pending
+        nxt = next(it, None)
+        pending = copy(nxt) if nxt is not None else None
+        yield current
+
+
 def _jsonable(v: Any) -> Any:
     if isinstance(v, torch.Tensor):
         v = v.detach().float().item() if v.numel() == 1 else v.detach().cpu().tolist()
@@ -165,6 +198,15 @@ class Trainer:
         self.method, self.view_spec = build_method(cfg, self.image_size, self.global_batch,
                                                    len(self.data.train))
         self.method.to(self.device)
+        self.channels_last = self.device.type == "cuda" and t.channels_last
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = t.cudnn_benchmark
+            torch.backends.cuda.matmul.allow_tf32 = t.tf32
+            torch.backends.cudnn.allow_tf32 = t.tf32
+            if self.channels_last:
+                self.method.to(memory_format=torch.channels_last)
+        if t.compile:
+            compile_modules(self.method)
         self.model: nn.Module = self.method
         if self.world_size > 1:
             if t.sync_bn:
@@ -189,7 +231,7 @@ class Trainer:
         self.warmup_steps = int(round(t.warmup_epochs * self.steps_per_epoch))
         self.optimizer = build_optimizer(
             t.optimizer, self.method.trainable_parameters(), self.peak_lr, t.weight_decay,
-            t.momentum, t.lars_eta,
+            t.momentum, t.lars_eta, t.exclude_norm_and_bias,
         )
         self.autocast_dtype = amp_dtype(t.amp, self.device)
         self.scaler = torch.amp.GradScaler("cuda") if self.autocast_dtype == torch.float16 else None
@@ -201,7 +243,11 @@ class Trainer:
         self.step = 0
         self.epoch = 0
         self.batch_in_epoch = 0
-        self.skipped_nonfinite = 0
+        self.skipped_nonfinite = 0  # non-finite steps seen so far (host, checkpointed)
+        # on the device: non-finite steps so far, and the first one not yet reported (-1: none)
+        self._nonfinite_count = torch.zeros((), dtype=torch.long, device=self.device)
+        self._first_nonfinite = torch.full((), -1, dtype=torch.long, device=self.device)
+        self._last_step: tuple[Any, Views] | None = None  # the latest (StepOutput, views)
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.history: list[dict[str, Any]] = []
 
@@ -246,6 +292,7 @@ class Trainer:
         self.epoch = int(state["epoch"])
         self.batch_in_epoch = int(state["batch_in_epoch"])
         self.skipped_nonfinite = int(state.get("skipped_nonfinite", 0))
+        self._nonfinite_count.fill_(self.skipped_nonfinite)
         torch.set_rng_state(state["rng"]["torch"])
         if "cuda" in state["rng"] and torch.cuda.is_available():
             with contextlib.suppress(Exception):
@@ -291,6 +338,11 @@ class Trainer:
 
     # ---- one iteration ------------------------------------------------------------------------
     def _train_step(self, images: torch.Tensor, index: torch.Tensor):
+        """One optimiser step; returns the detached loss (a device tensor), the step output,
+        the views and the lr. Nothing in it reads a device value on the host: a non-finite
+        loss skips the update on the device (the optimiser's ``found_inf``, as GradScaler does),
+        the methods mask their state updates with ``ctx.step_ok``, and the count reaches the
+        host at the next log step (:meth:`_check_nonfinite`)."""
         t = self.cfg.train
         lr = warmup_cosine(self.step, self.total_steps, self.warmup_steps, self.peak_lr,
                            self.peak_lr * t.final_lr_ratio)
@@ -299,6 +351,9 @@ class Trainer:
         torch.manual_seed(step_seed(t.seed, self.step, self.rank))
         images = images.to(self.device, non_blocking=True)
         views: Views = make_views(images, self.view_spec)
+        if self.channels_last:
+            views = Views([g.contiguous(memory_format=torch.channels_last)
+                           for g in views.groups], views.counts)
         views.index = index.to(self.device, non_blocking=True)
         self.ctx.step, self.ctx.epoch = self.step, self.epoch
         autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype)
@@ -306,10 +361,11 @@ class Trainer:
         with autocast:
             out = self.model(views)
         loss = out.loss
-        finite = torch.isfinite(loss.detach()).float()
-        finite = D.all_reduce_sum(finite.clone()) if self.world_size > 1 else finite
-        if finite.item() < self.world_size:
-            return None, out, views, lr
+        bad = (~torch.isfinite(loss.detach())).to(torch.float32)
+        if self.world_size > 1:  # every rank skips if any rank's loss is non-finite
+            bad = D.all_reduce_sum(bad.clone())
+        ok = bad == 0
+        self.optimizer.found_inf = (~ok).to(torch.float32)
         if self.scaler:
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)
@@ -322,30 +378,63 @@ class Trainer:
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self.ctx.step_ok = ok
         self.method.after_optimizer_step(self.ctx)
+        self.ctx.step_ok = None
+        self._nonfinite_count += (~ok).long()
+        self._first_nonfinite.copy_(torch.where(~ok & (self._first_nonfinite < 0), self.step,
+                                                self._first_nonfinite))
+        self._last_step = (out, views)
         return loss.detach(), out, views, lr
 
-    def _nonfinite(self, out, views: Views) -> None:
-        where = (f"iteration {self.step} (epoch {self.epoch + 1}, batch {self.batch_in_epoch})")
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.skipped_nonfinite < self.cfg.train.skip_nonfinite:
-            self.skipped_nonfinite += 1
-            self._print(f"warning: non-finite loss at {where}; step skipped "
-                        f"({self.skipped_nonfinite}/{self.cfg.train.skip_nonfinite})")
+    def _read_metrics(self, loss: torch.Tensor, metrics: dict[str, Any]
+                      ) -> tuple[float, dict[str, Any], int, int]:
+        """The loss (mean over ranks), the metrics, the non-finite count and the first
+        unreported non-finite iteration, brought to the host in one transfer."""
+        keys = [k for k, v in metrics.items() if isinstance(v, torch.Tensor) and v.numel() == 1]
+        mean_loss = D.all_reduce_mean(loss.detach().float().clone())
+        values = torch.stack([mean_loss, self._nonfinite_count.float(),
+                              self._first_nonfinite.float(),
+                              *(metrics[k].detach().float().reshape(()) for k in keys)]).tolist()
+        host = {k: values[3 + keys.index(k)] if k in keys else _jsonable(v)
+                for k, v in metrics.items()}
+        return values[0], host, int(values[1]), int(values[2])
+
+    def _check_nonfinite(self, count: int | None = None, first: int | None = None) -> None:
+        """Act on non-finite steps the device has counted since the last check: warn while the
+        ``--skip-nonfinite`` budget lasts, else stop with a debug dump."""
+        if count is None:
+            count, first = (int(v) for v in torch.stack(
+                [self._nonfinite_count, self._first_nonfinite]).tolist())
+        if count <= self.skipped_nonfinite:
             return
-        dump = self.run_dir / f"nonfinite_step{self.step}.pt"
-        if self.is_main:
+        new, self.skipped_nonfinite = count - self.skipped_nonfinite, count
+        self._first_nonfinite.fill_(-1)
+        where = f"iteration {first} (epoch {first // self.steps_per_epoch + 1}, batch " \
+                f"{first % self.steps_per_epoch})"
+        if count <= self.cfg.train.skip_nonfinite:
+            self._print(f"warning: non-finite loss at {where}; {new} step(s) skipped by "
+                        f"iteration {self.step} ({count}/{self.cfg.train.skip_nonfinite})")
+            return
+        self._nonfinite_stop(where, first)
+
+    def _nonfinite_stop(self, where: str, first: int) -> None:
+        dump = self.run_dir / f"nonfinite_step{first}.pt"
+        if self.is_main and self._last_step is not None:
+            out, views = self._last_step
             stats = {}
             for i, g in enumerate(views.groups):
                 g = g.detach().float()
                 stats[f"views.group{i}"] = torch.stack([g.mean(), g.std(), g.min(), g.max()])
-            torch.save({"where": where, "loss": out.loss.detach().float().cpu(),
+            torch.save({"where": where, "last_step": self.step - 1,
+                        "loss": out.loss.detach().float().cpu(),
                         "batch_stats_mean_std_min_max": stats,
                         "method_debug": {k: v.detach().float().cpu() for k, v in out.debug.items()},
                         "metrics": {k: _jsonable(v) for k, v in out.metrics.items()}}, dump)
         kept = self.run_dir / "checkpoints" / "last.pt"
         raise TrainingStopped(
-            f"loss became non-finite at {where}; debug dump: {dump}; last good checkpoint: "
+            f"loss became non-finite at {where} (seen at iteration {self.step}); debug dump of "
+            f"the last step: {dump}; last good checkpoint: "
             f"{kept if kept.exists() else 'none yet'} (resume with --resume {self.run_dir}, "
             f"or allow skipping with --skip-nonfinite N)"
         )
@@ -390,10 +479,11 @@ class Trainer:
                         f"epoch {self.epoch + 1}/{t.epochs}", total=self.steps_per_epoch,
                         completed=self.batch_in_epoch, loss=float("nan"), lr=0.0, ips=0.0)
                 loss = None
-                for images, index in self.loader.iterate(start_batch=self.batch_in_epoch):
+                batches = self.loader.iterate(start_batch=self.batch_in_epoch)
+                for images, index in prefetch(batches, self.device):
+                    self.ctx.log_step = ((self.step + 1) % t.log_every_iters == 0
+                                         or self.step + 1 == self.total_steps)
                     loss, out, views, lr = self._train_step(images, index)
-                    if loss is None:
-                        self._nonfinite(out, views)
                     self.step += 1
                     self.batch_in_epoch += 1
                     n = images.shape[0] * self.world_size
@@ -403,18 +493,21 @@ class Trainer:
                         now = time.perf_counter()
                         ips = window_n / max(now - window_t, 1e-9)
                         window_t, window_n = now, 0
-                        last_loss = (float(D.all_reduce_mean(loss.clone()))
-                                     if loss is not None else float("nan"))
+                        last_loss, metrics, bad, first_bad = self._read_metrics(loss, out.metrics)
+                        self._check_nonfinite(bad, first_bad)
                         rec = {"step": self.step, "epoch": self.epoch + 1, "loss": last_loss,
                                "lr": lr, "images_per_s": ips}
-                        rec.update({k: v for k, v in out.metrics.items() if k not in rec})
+                        rec.update({k: v for k, v in metrics.items() if k not in rec})
                         self._log(rec)
+                        self.ctx.step = self.step
+                        self.method.on_log(self.ctx, metrics)
                         if progress is not None:
                             progress.update(task, loss=last_loss, lr=lr, ips=ips)
                     if progress is not None:
                         progress.advance(task)
                     if (t.checkpoint_every_iters and self.step % t.checkpoint_every_iters == 0
                             and self.batch_in_epoch < self.steps_per_epoch):
+                        self._check_nonfinite()
                         self.save()
                     if self.step >= self.total_steps:
                         break
@@ -423,6 +516,7 @@ class Trainer:
                 if self.batch_in_epoch >= self.steps_per_epoch:
                     self.epoch += 1
                     self.batch_in_epoch = 0
+                self._check_nonfinite()
                 self.save()
                 if (t.eval_every_epochs and self.epoch % t.eval_every_epochs == 0
                         and self.epoch < t.epochs and self.batch_in_epoch == 0):

@@ -1,0 +1,177 @@
+"""The training step never waits for the host: no operation that forces a device-to-host
+synchronisation on a GPU runs inside a steady-state step of any method (DESIGN.md, data flow).
+
+On this CPU the synchronising ATen operations are counted with a ``TorchDispatchMode`` around
+the real trainer's ``_train_step`` (views, forward, loss, backward, optimiser, hooks); on a CUDA
+machine the same steps also run under ``torch.cuda.set_sync_debug_mode("error")``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from ssl_zoo.config import build_run_config
+from ssl_zoo.registry import get_method
+from ssl_zoo.train import Trainer
+
+ALWAYS_SYNC = {
+    "aten::_local_scalar_dense",  # .item(), int(t), float(t), bool(t)
+    "aten::nonzero", "aten::nonzero_static", "aten::argwhere",
+    "aten::unique", "aten::_unique", "aten::_unique2", "aten::unique_dim",
+    "aten::unique_consecutive", "aten::masked_select", "aten::bincount", "aten::histc",
+    "aten::equal", "aten::is_nonzero", "aten::allclose",
+    "aten::lift_fresh",  # torch.tensor(python data): a host-to-device copy on a GPU
+}
+
+
+def _sync_reason(func, args, kwargs) -> str | None:
+    """Why this op would make a GPU wait for the host, or None."""
+    name = func._schema.name
+    if name in ALWAYS_SYNC:
+        return name
+    if name == "aten::repeat_interleave" and isinstance(args[0], torch.Tensor) \
+            and len(args) < 3 and "output_size" not in kwargs:
+        if func.__name__.startswith("repeat_interleave.Tensor") or args[0].dtype == torch.long:
+            return name + " without output_size"
+    if name in ("aten::index", "aten::index_put", "aten::index_put_", "aten::_index_put_impl_"):
+        indices = args[1] if len(args) > 1 else kwargs.get("indices", [])
+        if any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in indices):
+            return name + " with a boolean mask"
+    if name == "aten::masked_scatter" or name == "aten::masked_scatter_":
+        return name
+    return None
+
+
+class SyncCounter(TorchDispatchMode):
+    """Records every operation that would synchronise a GPU stream with the host."""
+
+    def __init__(self):
+        super().__init__()
+        self.found: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        reason = _sync_reason(func, args, kwargs)
+        if reason:
+            self.found.append(reason)
+        return func(*args, **kwargs)
+
+
+BASE = ["dataset=demo", "backbone=convnet", "train.batch_size=64", "train.epochs=1",
+        "train.log_every_iters=1000", "eval.enabled=false", "train.max_steps=8"]
+CASES = {
+    "swav": ["method=swav"],
+    "swav-queue-freeze-hard": ["method=swav", "method.queue_length=128",
+                               "method.queue_start_epoch=0", "method.freeze_prototypes_iters=4",
+                               "method.hard_assignment_iters=3", "train.optimizer=lars",
+                               "train.exclude_norm_and_bias=false"],
+    "swav-sgd": ["method=swav", "train.optimizer=sgd"],
+    "simclr": ["method=simclr"],
+    "moco": ["method=moco", "method.queue_length=256", "method.shuffle_bn_groups=2"],
+    "pcl": ["method=pcl", "method.queue_length=256", "method.warmup_epochs=0",
+            "method.num_clusters=[10,20]", "method.kmeans_iters=3", "method.kmeans_redo=1",
+            "train.optimizer=adamw"],
+}
+
+
+def _trainer(tmp_path, sets, device="cpu") -> Trainer:
+    cfg = build_run_config({}, [*BASE, f"train.device={device}", *sets],
+                           lambda name: set(get_method(name).config_fields()))
+    return Trainer(cfg, tmp_path / "run", show_progress=False)
+
+
+def _steps_syncs(trainer: Trainer, monkeypatch) -> list[list[str]]:
+    """Run the trainer; the sync ops of each of its steps."""
+    per_step: list[list[str]] = []
+    step = Trainer._train_step
+
+    def counted(self, images, index):
+        with SyncCounter() as counter:
+            result = step(self, images, index)
+        per_step.append(counter.found)
+        return result
+
+    monkeypatch.setattr(Trainer, "_train_step", counted)
+    trainer.fit()
+    return per_step
+
+
+def test_the_counter_sees_the_operations_that_synchronise():
+    x = torch.randn(8)
+    with SyncCounter() as counter:
+        float(x.sum())
+        x[x > 0]
+        x.nonzero()
+        torch.bincount(torch.tensor([1, 2]))
+        torch.repeat_interleave(torch.tensor([1, 2]))
+        torch.where(x > 0, x, 0.0)  # a mask applied with where: fine
+        x.repeat_interleave(2)  # a repeat count known on the host: fine
+    assert counter.found == ["aten::_local_scalar_dense", "aten::index with a boolean mask",
+                             "aten::nonzero", "aten::lift_fresh", "aten::bincount",
+                             "aten::lift_fresh", "aten::repeat_interleave without output_size"]
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_no_host_sync_in_steady_state_steps(case, tmp_path, monkeypatch):
+    per_step = _steps_syncs(_trainer(tmp_path, CASES[case]), monkeypatch)
+    assert len(per_step) == 8
+    steady = per_step[2:]  # the first steps create optimiser state and cached constants
+    assert steady == [[]] * len(steady), steady
+
+
+def test_a_nan_step_is_skipped_on_the_device_and_leaves_the_swav_queue_unchanged(
+        tmp_path, monkeypatch):
+    trainer = _trainer(tmp_path, [*CASES["swav-queue-freeze-hard"], "train.skip_nonfinite=5",
+                                  "train.max_steps=6"])
+    method = trainer.method
+    forward = type(method).forward
+    snapshots = {}
+
+    def poisoned(self, views):
+        out = forward(self, views)
+        if trainer.step == 3:  # this step's loss is NaN
+            snapshots["queue"] = [q.features.clone() for q in self.queues]
+            snapshots["params"] = {k: v.detach().clone() for k, v in self.named_parameters()}
+            out.loss = out.loss * float("nan")
+        return out
+
+    after = type(method).after_optimizer_step
+
+    def check_after(self, ctx):
+        after(self, ctx)
+        if ctx.step == 3:
+            for q, before in zip(self.queues, snapshots["queue"]):
+                assert torch.equal(q.features, before)
+            for k, v in self.named_parameters():
+                assert torch.equal(v, snapshots["params"][k]), k
+
+    monkeypatch.setattr(type(method), "forward", poisoned)
+    monkeypatch.setattr(type(method), "after_optimizer_step", check_after)
+    trainer.fit()
+    assert trainer.skipped_nonfinite == 1 and trainer.step == 6
+    assert all(torch.isfinite(q.features).all() for q in method.queues)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("case", list(CASES))
+def test_no_host_sync_on_cuda(case, tmp_path, monkeypatch):
+    trainer = _trainer(tmp_path, CASES[case], device="cuda")
+    step = Trainer._train_step
+    calls = []
+
+    def checked(self, images, index):
+        calls.append(1)
+        if len(calls) <= 2:
+            return step(self, images, index)
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            return step(self, images, index)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+    monkeypatch.setattr(Trainer, "_train_step", checked)
+    trainer.fit()
+    assert len(calls) == 8
