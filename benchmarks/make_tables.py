@@ -30,12 +30,20 @@ def f0(v) -> str:
 
 
 def table_views(r: dict) -> str:
-    lines = ["| input | crops | ours (img/s) | lightly SwaVTransform, 2 workers (img/s) | ratio |",
-             "|---|---|---|---|---|"]
+    workers = r.get("lightly_workers") or 2
+    gpu = any("ours_gpu_images_per_s" in row for row in r["rows"])
+    lines = [f"| input | crops | ours (img/s) | lightly SwaVTransform, {workers} workers (img/s) "
+             f"| ratio |{' ours on the GPU (img/s) | GPU ratio |' if gpu else ''}",
+             "|---|---|---|---|---|" + ("---|---|" if gpu else "")]
     for row in r["rows"]:
         ratio = f"{row['ratio']:.1f}x" if row.get("ratio") else "-"
-        lines.append(f"| {row['input']} | {row['crops']} | {f0(row['ours_images_per_s'])} | "
-                     f"{f0(row.get('lightly_images_per_s'))} | {ratio} |")
+        line = (f"| {row['input']} | {row['crops']} | {f0(row['ours_images_per_s'])} | "
+                f"{f0(row.get('lightly_images_per_s'))} | {ratio} |")
+        if gpu:
+            g = row.get("gpu_ratio")
+            line += (f" {f0(row.get('ours_gpu_images_per_s'))} | "
+                     f"{'-' if g is None else f'{g:.1f}x'} |")
+        lines.append(line)
     return "\n".join(lines)
 
 
