@@ -445,7 +445,7 @@ def main() -> None:
                         "image size made this size (224: SwAV 2x224 + 6x96)")
     p.add_argument("--n-images", type=int, default=0,
                    help="images in the random data set of --image-size (default 2 x batch, "
-                        "at least 512 so PCL's 500 clusters fit)")
+                        "at least 2048: PCL's 500 clusters and MoCo's queue of 1024 fit)")
     p.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"], default=None)
     p.add_argument("--compile", action="store_true",
                    help="train.compile=true (where the Trainer has it) and a compiled backbone")
@@ -492,7 +492,7 @@ def main() -> None:
             dataset = f"npz:{args.npz}"
         elif args.image_size:
             src = round(args.image_size * 256 / 224)
-            n = args.n_images or max(2 * args.batch_size, 512)
+            n = args.n_images or max(2 * args.batch_size, 2048)
             dataset = f"npz:{random_npz(tmp, src, n)}"
             large = (src, args.image_size)
         else:
