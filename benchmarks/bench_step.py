@@ -27,7 +27,8 @@ PCL is timed after its warm-up epochs (clustering done, ProtoNCE on) when its cl
     python benchmarks/bench_step.py --device cuda --backbone resnet18 --set backbone_stem=cifar \\
         --amp bf16 --tag r18
     python benchmarks/bench_step.py --device cuda --backbone resnet50 --image-size 224 \\
-        --amp bf16 --tag r50                                   # 2x224 + 6x96 on random images
+        --amp bf16 --method-set swav:method.n_local=6 \\
+        --method-set swav:method.num_prototypes=3000 --n-images 3072 --tag r50   # SwAV as the paper
 """
 
 from __future__ import annotations
@@ -105,7 +106,8 @@ def run_config(args, method: str, dataset: str, fields: set[str]) -> RunConfig:
         sets.append(f"train.amp={args.amp}")
     if args.compile and "compile" in fields:
         sets.append("train.compile=true")
-    return build_run_config({}, sets + list(args.set), method_fields)
+    mine = [kv.partition(":")[2] for kv in args.method_set if kv.partition(":")[0] == method]
+    return build_run_config({}, sets + list(args.set) + mine, method_fields)
 
 
 def large_views(cfg: RunConfig, source_size: int, crop_size: int) -> dict:
@@ -115,6 +117,16 @@ def large_views(cfg: RunConfig, source_size: int, crop_size: int) -> dict:
     spec.groups = [dataclasses.replace(g, size=crop_size) if g.size == source_size else g
                    for g in spec.groups]
     return to_dict(spec)
+
+
+def mirror_backend_flags(t: TrainConfig) -> None:
+    """cuDNN autotuning and TF32 as the run's config asks (where TrainConfig has the fields),
+    so both contenders run with them wherever the Trainer sets them (``__init__`` or ``fit``)."""
+    if hasattr(t, "cudnn_benchmark"):
+        torch.backends.cudnn.benchmark = bool(t.cudnn_benchmark)
+    if hasattr(t, "tf32"):
+        torch.backends.cuda.matmul.allow_tf32 = bool(t.tf32)
+        torch.backends.cudnn.allow_tf32 = bool(t.tf32)
 
 
 def steady_state(tr: Trainer, method: str) -> str | None:
@@ -378,6 +390,7 @@ def bench_method(args, method: str, dataset: str, large: tuple[int, int] | None,
     if dev.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
+        mirror_backend_flags(cfg.train)
     tr = Trainer(cfg, tmp / method, console=None, show_progress=False)
     note = steady_state(tr, method)
     batches = batches_of(tr)
@@ -451,6 +464,8 @@ def main() -> None:
                    help="train.compile=true (where the Trainer has it) and a compiled backbone")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="more config overrides, e.g. backbone_stem=cifar")
+    p.add_argument("--method-set", action="append", default=[], metavar="METHOD:KEY=VALUE",
+                   help="an override for one method only, e.g. swav:method.n_local=6")
     p.add_argument("--quick", action="store_true", help="2 short rounds: a check, not a figure")
     p.add_argument("--rounds", type=int, default=None)
     p.add_argument("--steps", type=int, default=None, help="timed steps per contender and round")
@@ -533,6 +548,7 @@ def main() -> None:
                           "tf32_cudnn": torch.backends.cudnn.allow_tf32},
         "rounds": args.rounds, "steps_per_round": args.steps, "warmup_steps": args.warmup,
         "quick": args.quick, "notes": notes, "overrides": args.set,
+        "method_overrides": args.method_set,
         "load_average_before": load_before, "load_average_after": os.getloadavg()[0],
         "rows": rows, "profile": profile,
     }, args.out)
