@@ -6,7 +6,8 @@ kNN without faiss, and the summary. Each is one subcommand:
     python benchmarks/_proof.py subset SRC DST [--n-train 10000 --n-test 5000]
     python benchmarks/_proof.py epochs CALIB_RUN SECONDS     # epochs that fit SECONDS
     python benchmarks/_proof.py knn RUN_DIR OUT.json         # kNN of a run and of random init
-    python benchmarks/_proof.py summary OUTDIR               # OUTDIR/summary.json
+    python benchmarks/_proof.py summary OUTDIR               # OUTDIR/summary.json; exit 1
+                                                             # when a step failed
 """
 
 from __future__ import annotations
@@ -178,7 +179,10 @@ def cmd_summary(args) -> int:
                 status.append(json.loads(line))
             except json.JSONDecodeError:
                 status.append({"unreadable": line})
-    s: dict = {"outdir": str(out), "status": status}
+    last = {r["step"]: r for r in status if "step" in r}  # a step's last word counts
+    s: dict = {"outdir": str(out), "status": status,
+               "failed_steps": [k for k, r in last.items() if r.get("rc") not in (0, None)],
+               "skipped_steps": [k for k, r in last.items() if r.get("rc") is None]}
     views = read(out / "views.json")
     if views:
         s["views"] = [{k: r.get(k) for k in ("input", "crops", "ours_images_per_s",
@@ -208,7 +212,7 @@ def cmd_summary(args) -> int:
                                           "random_init": tk["random_init"]}
     (out / "summary.json").write_text(json.dumps(s, indent=2) + "\n")
     print(json.dumps(s, indent=1)[:6000])
-    return 0
+    return 1 if s["failed_steps"] else 0
 
 
 def main() -> int:
