@@ -15,10 +15,12 @@ The two run alternately, ``--rounds`` times each, and the median rate of each is
 runs with 1 torch thread and with torch's default (one per core); the better of the two is the
 headline figure (both are kept): on a loaded machine two intra-op threads can wait on each
 other, on a quiet one they help. On a machine with CUDA, ours is also timed on the GPU (the
-lightly loader stays on the CPU).
+lightly loader stays on the CPU). Without lightly installed (or with ``--skip-lightly``) only
+ours is timed and the JSON says so.
 
     python benchmarks/bench_views.py            # 2 rounds of 8 s per contender and input
     python benchmarks/bench_views.py --quick    # 1 round of 3 s
+    python benchmarks/bench_views.py --lightly-workers 16 --out /tmp/res   # a bigger machine
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from _common import write_result  # noqa: E402
 from ssl_zoo.data.views import ViewSpec, make_views, swav_views  # noqa: E402
 
 LIGHTLY_WORKERS = 2
+"""Default loader workers of the lightly side (``--lightly-workers``)."""
 
 
 def ours_rate(images: torch.Tensor, spec: ViewSpec, device: str, batch: int,
@@ -68,7 +71,7 @@ class LightlyLoader:
     """lightly's SwaVTransform per PIL image in a DataLoader with persistent workers."""
 
     def __init__(self, images: np.ndarray, sizes, counts, scales_min, scales_max,
-                 blur: float, mean, std, batch: int):
+                 blur: float, mean, std, batch: int, workers: int = LIGHTLY_WORKERS):
         from lightly.transforms import SwaVTransform
         from torch.utils.data import DataLoader
 
@@ -79,8 +82,9 @@ class LightlyLoader:
             gaussian_blur=blur, sigmas=(0.1, 2.0), normalize={"mean": list(mean),
                                                              "std": list(std)})
         self.loader = DataLoader(_PILImages(images, transform), batch_size=batch, shuffle=True,
-                                 num_workers=LIGHTLY_WORKERS, persistent_workers=True,
+                                 num_workers=workers, persistent_workers=True,
                                  drop_last=True, prefetch_factor=1)
+        self.workers = workers
         self.it = iter(self.loader)
         self.next_batch()  # start the workers
 
@@ -92,7 +96,7 @@ class LightlyLoader:
             return next(self.it)
 
     def rate(self, seconds: float) -> float:
-        for _ in range(LIGHTLY_WORKERS):  # drain what was prefetched while we were idle
+        for _ in range(self.workers):  # drain what was prefetched while we were idle
             self.next_batch()
         done, start = 0, time.perf_counter()
         while time.perf_counter() - start < seconds:
@@ -127,14 +131,16 @@ def demo_images() -> torch.Tensor:
 
 
 def compare(name: str, crops: str, images: torch.Tensor, spec: ViewSpec, batch: int,
-            rounds: int, seconds: float, threads: list[int], gpu: bool) -> dict:
+            rounds: int, seconds: float, threads: list[int], gpu: bool,
+            lightly_workers: int | None = LIGHTLY_WORKERS) -> dict:
     """Alternate ours (at each thread count) and lightly ``rounds`` times on the same images
-    and crops."""
+    and crops (``lightly_workers=None``: ours only)."""
     groups = spec.groups
-    lightly = LightlyLoader(
+    lightly = None if lightly_workers is None else LightlyLoader(
         images.permute(0, 2, 3, 1).contiguous().numpy(), tuple(g.size for g in groups),
         tuple(g.count for g in groups), tuple(g.scale[0] for g in groups),
-        tuple(g.scale[1] for g in groups), groups[0].blur_p, spec.mean, spec.std, batch)
+        tuple(g.scale[1] for g in groups), groups[0].blur_p, spec.mean, spec.std, batch,
+        lightly_workers)
     default_threads = torch.get_num_threads()
     ours: dict[int, list[float]] = {t: [] for t in threads}
     ref = []
@@ -143,24 +149,39 @@ def compare(name: str, crops: str, images: torch.Tensor, spec: ViewSpec, batch: 
             torch.set_num_threads(t)
             ours[t].append(ours_rate(images, spec, "cpu", batch, seconds))
         torch.set_num_threads(default_threads)
-        ref.append(lightly.rate(seconds))
+        if lightly is not None:
+            ref.append(lightly.rate(seconds))
         mine = ", ".join(f"{v[-1]:,.0f} ({t} thr)" for t, v in ours.items())
-        print(f"  {name} round {r + 1}: ours {mine}; lightly {ref[-1]:,.0f} img/s", flush=True)
-    lightly.close()
+        theirs = f"lightly {ref[-1]:,.0f} img/s" if ref else "lightly not run"
+        print(f"  {name} round {r + 1}: ours {mine}; {theirs}", flush=True)
+    if lightly is not None:
+        lightly.close()
     by_threads = {str(t): statistics.median(v) for t, v in ours.items()}
     best = max(by_threads, key=by_threads.get)
     row = {"input": name, "crops": crops, "batch": batch,
            "ours_images_per_s": by_threads[best], "ours_threads": int(best),
            "ours_images_per_s_by_threads": by_threads,
-           "lightly_images_per_s": statistics.median(ref),
+           "lightly_images_per_s": statistics.median(ref) if ref else None,
+           "lightly_workers": lightly_workers,
            "ours_rounds_by_threads": {str(t): v for t, v in ours.items()},
            "lightly_rounds": ref}
-    row["ratio"] = row["ours_images_per_s"] / row["lightly_images_per_s"]
-    row["ratio_by_threads"] = {t: v / row["lightly_images_per_s"] for t, v in by_threads.items()}
+    if ref:
+        row["ratio"] = row["ours_images_per_s"] / row["lightly_images_per_s"]
+        row["ratio_by_threads"] = {t: v / row["lightly_images_per_s"]
+                                   for t, v in by_threads.items()}
     if gpu:
         row["ours_gpu_images_per_s"] = ours_rate(images, spec, "cuda", batch, seconds)
-        row["gpu_ratio"] = row["ours_gpu_images_per_s"] / row["lightly_images_per_s"]
+        if ref:
+            row["gpu_ratio"] = row["ours_gpu_images_per_s"] / row["lightly_images_per_s"]
     return row
+
+
+def lightly_available() -> bool:
+    try:
+        import lightly.transforms  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def main() -> None:
@@ -172,6 +193,14 @@ def main() -> None:
                    help="comma-separated torch thread counts for ours (default: 1 and torch's "
                         "default)")
     p.add_argument("--no-gpu", action="store_true", help="skip the GPU figure")
+    p.add_argument("--skip-lightly", action="store_true",
+                   help="time ours only (also what happens when lightly is not installed)")
+    p.add_argument("--lightly-workers", type=int, default=LIGHTLY_WORKERS,
+                   help=f"DataLoader workers of the lightly side (default {LIGHTLY_WORKERS})")
+    p.add_argument("--n-big", type=int, default=256,
+                   help="how many 256x256 images the second input holds (default 256)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="folder for views.json (default benchmarks/results)")
     args = p.parse_args()
     rounds = args.rounds or (1 if args.quick else 2)
     seconds = args.seconds or (3.0 if args.quick else 8.0)
@@ -179,30 +208,39 @@ def main() -> None:
                else sorted({1, torch.get_num_threads()}))
     gpu = torch.cuda.is_available() and not args.no_gpu
     load_before = os.getloadavg()[0]
+    lightly_note = None
+    workers: int | None = args.lightly_workers
+    if args.skip_lightly:
+        workers, lightly_note = None, "lightly side skipped (--skip-lightly)"
+    elif not lightly_available():
+        workers, lightly_note = None, "lightly side skipped: lightly is not installed"
+    if lightly_note:
+        print(f"note: {lightly_note}", flush=True)
 
     cifar = demo_images()
     rows = [compare("32x32 (CIFAR-10 demo images)", "2x32 + 4x16", cifar,
-                    swav_views(32, n_local=4), 256, rounds, seconds, threads, gpu)]
+                    swav_views(32, n_local=4), 256, rounds, seconds, threads, gpu, workers)]
     print(rows[-1], flush=True)
-    big = torch.nn.functional.interpolate(cifar[:256].float(), size=256, mode="bilinear",
+    big = torch.nn.functional.interpolate(cifar[:args.n_big].float(), size=256, mode="bilinear",
                                           align_corners=False, antialias=False)
     big = big.round_().clamp_(0, 255).to(torch.uint8)
     rows.append(compare("256x256 (demo images upsampled)", "2x224 + 6x96", big,
                         swav_views(256, n_local=6, local_size=96, global_size=224), 32,
-                        rounds, seconds, threads, gpu))
+                        rounds, seconds, threads, gpu, workers))
     print(rows[-1], flush=True)
     write_result("views", {
         "what": ("images/s of view generation, median over rounds; ours: make_views on random "
                  "uint8 batches in the training process, best of the torch thread counts "
                  "tried (all kept); lightly: "
-                 f"SwaVTransform per PIL image through a DataLoader with {LIGHTLY_WORKERS} "
-                 "workers; SwAV preset (flip, jitter 0.8/0.8/0.8/0.2 p=0.8, grayscale 0.2, "
-                 "blur p=0.5 at ImageNet size)"),
-        "torch_threads_tried": threads, "lightly_workers": LIGHTLY_WORKERS,
+                 f"SwaVTransform per PIL image through a DataLoader with "
+                 f"{args.lightly_workers} workers; SwAV preset (flip, jitter 0.8/0.8/0.8/0.2 "
+                 "p=0.8, grayscale 0.2, blur p=0.5 at ImageNet size)"
+                 + (f"; {lightly_note}" if lightly_note else "")),
+        "torch_threads_tried": threads, "lightly_workers": workers, "lightly_note": lightly_note,
         "rounds": rounds, "seconds_per_round": seconds, "quick": args.quick,
         "load_average_before": load_before, "load_average_after": os.getloadavg()[0],
         "rows": rows,
-    })
+    }, args.out)
 
 
 if __name__ == "__main__":

@@ -30,12 +30,20 @@ def f0(v) -> str:
 
 
 def table_views(r: dict) -> str:
-    lines = ["| input | crops | ours (img/s) | lightly SwaVTransform, 2 workers (img/s) | ratio |",
-             "|---|---|---|---|---|"]
+    workers = r.get("lightly_workers") or 2
+    gpu = any("ours_gpu_images_per_s" in row for row in r["rows"])
+    lines = [f"| input | crops | ours (img/s) | lightly SwaVTransform, {workers} workers (img/s) "
+             f"| ratio |{' ours on the GPU (img/s) | GPU ratio |' if gpu else ''}",
+             "|---|---|---|---|---|" + ("---|---|" if gpu else "")]
     for row in r["rows"]:
         ratio = f"{row['ratio']:.1f}x" if row.get("ratio") else "-"
-        lines.append(f"| {row['input']} | {row['crops']} | {f0(row['ours_images_per_s'])} | "
-                     f"{f0(row.get('lightly_images_per_s'))} | {ratio} |")
+        line = (f"| {row['input']} | {row['crops']} | {f0(row['ours_images_per_s'])} | "
+                f"{f0(row.get('lightly_images_per_s'))} | {ratio} |")
+        if gpu:
+            g = row.get("gpu_ratio")
+            line += (f" {f0(row.get('ours_gpu_images_per_s'))} | "
+                     f"{'-' if g is None else f'{g:.1f}x'} |")
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -116,15 +124,66 @@ def table_ddp(r: dict) -> str:
     return "\n".join(lines)
 
 
+def table_step(r: dict) -> str:
+    """Rows of every step_*.json (one per setup), then the profile shares of each setup."""
+    lines = ["| setup | method | crops | full step (img/s) | backbone alone (img/s) | ratio | "
+             "views alone (img/s) |", "|---|---|---|---|---|---|---|"]
+    profiles = []
+    for run in r["runs"]:
+        for row in run["rows"]:
+            lines.append(f"| {run['setup']} | {row['method']} | {row['crops']} | "
+                         f"{f0(row['full_step_images_per_s'])} | "
+                         f"{f0(row['backbone_only_images_per_s'])} | {row['ratio']:.2f}x | "
+                         f"{f0(row['views_images_per_s'])} |")
+        prof = run.get("profile") or {}
+        if prof.get("groups"):
+            profiles.append((run["setup"], prof))
+    notes = [f"{run['setup']}, {row['method']}: {row['note']}" for run in r["runs"]
+             for row in run["rows"] if row.get("note")]
+    if notes:
+        lines.append("\n" + "  \n".join(f"_{n}_" for n in notes))
+    if profiles:
+        names = [k for k in ("views", "backbone", "momentum encoder", "heads/prototypes/loss",
+                             "sinkhorn", "backward", "optimiser", "hooks and schedule")
+                 if any(p["groups"].get(k, {}).get(f"{p['basis']}_share") for _, p in profiles)]
+        lines += ["", "Where the step's time goes (torch.profiler, share of GPU kernel time on "
+                  "CUDA, of host CPU time on the CPU):", "",
+                  "| setup | method | time | " + " | ".join(names) + " |",
+                  "|---|---|---|" + "---|" * len(names)]
+        for setup, p in profiles:
+            basis = p["basis"]
+            cells = [f"{p['groups'].get(k, {}).get(f'{basis}_share') or 0:.0%}" for k in names]
+            lines.append(f"| {setup} | {p['method']} | {'GPU' if basis == 'device' else 'CPU'} "
+                         f"| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def load_step() -> dict | None:
+    """Every step_*.json as one result: its runs in name order, the newest one's machine."""
+    runs = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("step_*.json"))]
+    if not runs:
+        return None
+    newest = max(runs, key=lambda x: x["machine"]["date"])
+    return {"runs": runs, "machine": newest["machine"],
+            "what": "; ".join(dict.fromkeys(
+                f"{x['setup']}: median of {x['rounds']} alternating rounds of "
+                f"{x['steps_per_round']} steps after {x['warmup_steps']} warm-up steps, "
+                f"data {x['data']}" for x in runs)) + ". Full step: Trainer._train_step on "
+            "loader batches; backbone alone: the same backbone on crops made once, mean of its "
+            "features as loss, same optimiser; views alone: make_views"}
+
+
+LOADERS = {"step": load_step}
+
 TABLES = {"views": table_views, "knn": table_knn, "swav_vs_lightly": table_swav,
           "compare": table_compare, "swav_claims": table_claims,
-          "loss_scaling_cpu": table_loss_scaling, "ddp_cpu": table_ddp}
+          "loss_scaling_cpu": table_loss_scaling, "ddp_cpu": table_ddp, "step": table_step}
 
 
 def fill(path: Path) -> None:
     text = path.read_text()
     for name, fn in TABLES.items():
-        r = load(name)
+        r = LOADERS[name]() if name in LOADERS else load(name)
         pattern = re.compile(rf"(<!-- table:{name} -->\n).*?(<!-- /table:{name} -->)", re.S)
         if r is None or not pattern.search(text):
             continue
