@@ -117,6 +117,14 @@ def assemble_config(args: argparse.Namespace, base: dict[str, Any] | None = None
     return build_run_config(data, sets, _method_fields)
 
 
+def _saved_config(saved: dict[str, Any]) -> dict[str, Any]:
+    """A run's config.json with fields added since it was written at their defaults, so a
+    newer ssl-zoo resumes an older run (a new field's default keeps the old behaviour)."""
+    from ssl_zoo.config import RunConfig, from_dict, to_dict
+
+    return to_dict(from_dict(RunConfig, saved))
+
+
 def _diff_configs(a: dict, b: dict, prefix: str = "") -> list[str]:
     out = []
     for k in sorted(set(a) | set(b)):
@@ -144,7 +152,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise UserError(f"--resume {run_dir}: no config.json there; is it a run directory?")
         saved = json.loads(saved_path.read_text())
         cfg = assemble_config(args, base=saved)
-        diff = _diff_configs(saved, to_dict(cfg))
+        diff = _diff_configs(_saved_config(saved), to_dict(cfg))
         if diff:
             raise ConfigError(f"--resume {run_dir} was made with a different config: "
                               + ", ".join(diff))

@@ -18,7 +18,7 @@ from ssl_zoo.report import fmt
 
 
 def _run_one(method: str, args, out: Path, console) -> dict[str, Any]:
-    from ssl_zoo.cli import _diff_configs, assemble_config
+    from ssl_zoo.cli import _diff_configs, _saved_config, assemble_config
     from ssl_zoo.train import Trainer
 
     args.method = method
@@ -31,7 +31,7 @@ def _run_one(method: str, args, out: Path, console) -> dict[str, Any]:
     resume = (run_dir / "checkpoints" / "last.pt").exists() or (
         run_dir / "checkpoints" / "prev.pt").exists()
     if resume and saved.is_file():
-        diff = _diff_configs(json.loads(saved.read_text()), to_dict(cfg))
+        diff = _diff_configs(_saved_config(json.loads(saved.read_text())), to_dict(cfg))
         if diff:
             raise ConfigError(f"{run_dir} holds a run with a different config ({', '.join(diff)});"
                               " use another --out to compare under a new budget")

@@ -20,6 +20,7 @@ from ssl_zoo.errors import ConfigError, suggest
 
 OPTIMIZERS = ("sgd", "lars", "adam", "adamw")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
+LOGGERS = ("auto", "jsonl", "tensorboard")
 
 
 @dataclass
@@ -57,6 +58,9 @@ class TrainConfig:
     """Loader worker processes for image folders (in-memory sources need none)."""
     log_every_iters: int = 10
     """Write a metrics.jsonl line every this many iterations."""
+    logger: str = "auto"
+    """Where records go: jsonl (metrics.jsonl only), tensorboard (also event files in
+    RUN_DIR/tb/; needs the tensorboard extra), auto (tensorboard when it is installed)."""
     checkpoint_every_iters: int = 0
     """Also checkpoint every this many iterations (0: at epoch ends only)."""
     eval_every_epochs: int = 0
@@ -375,6 +379,8 @@ def validate_run_config(cfg: RunConfig) -> None:
         raise ConfigError("train.optimizer: " + suggest(t.optimizer, OPTIMIZERS, "optimizer"))
     if t.amp not in AMP_MODES:
         raise ConfigError("train.amp: " + suggest(t.amp, AMP_MODES, "mode"))
+    if t.logger not in LOGGERS:
+        raise ConfigError("train.logger: " + suggest(t.logger, LOGGERS, "logger"))
     if cfg.backbone_stem not in ("auto", "imagenet", "cifar"):
         raise ConfigError("backbone_stem must be auto, imagenet or cifar")
 

@@ -42,6 +42,7 @@ from ssl_zoo.errors import ConfigError, UserError
 from ssl_zoo.method import Method, TrainContext
 from ssl_zoo.modules import distributed as D
 from ssl_zoo.optim import build_optimizer, warmup_cosine
+from ssl_zoo.runlog import RunLogger
 
 
 class TrainingStopped(UserError):
@@ -189,6 +190,8 @@ class Trainer:
         self.is_main = self.rank == 0
         self.console = console
         self.show_progress = show_progress and self.is_main
+        # metrics.jsonl (+ TensorBoard), rank 0 only; a missing extra stops here, before work
+        self.runlog = RunLogger(self.run_dir, cfg.train.logger, enabled=self.is_main)
 
         t = cfg.train
         self.data = open_data(cfg)
@@ -333,8 +336,7 @@ class Trainer:
         record = {k: _jsonable(v) for k, v in record.items()}
         self.history.append(record)
         if self.is_main:
-            with open(self.metrics_path, "a") as fh:
-                fh.write(json.dumps(record) + "\n")
+            self.runlog.log(record)
 
     # ---- one iteration ------------------------------------------------------------------------
     def _train_step(self, images: torch.Tensor, index: torch.Tensor):
@@ -456,6 +458,8 @@ class Trainer:
                     "skipped_bad_images": int(getattr(self.data, "skipped", 0) or 0),
                     "view_spec": to_dict(self.view_spec)}
             (self.run_dir / "run_info.json").write_text(json.dumps(info, indent=2) + "\n")
+            self.runlog.open(self.step, resumed=self.resume,
+                             texts={"config": to_dict(self.cfg), "run_info": info})
         self.method.train()
         self.ctx.step, self.ctx.epoch = self.step, self.epoch  # a resumed run's position
         self.method.on_train_start(self.ctx)
@@ -533,6 +537,7 @@ class Trainer:
                        "images_per_s": result.images_per_s, "wall_s": wall,
                        "peak_memory_mb": peak}
             (self.run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        self.runlog.close()
         return result
 
     def _progress(self):
@@ -571,11 +576,13 @@ class Trainer:
     def _final_eval(self) -> dict[str, Any] | None:
         from ssl_zoo.evaluation.run import evaluate_backbone
 
-        return evaluate_backbone(
+        result = evaluate_backbone(
             self.method, self.data, self.view_spec, self.device, self.cfg,
             out_dir=self.run_dir, checkpoint_key=f"{self.run_dir.resolve()}@{self.step}",
             console=self.console,
         )
+        self.runlog.final_eval(result, self.step)
+        return result
 
 
 def _rss_mb() -> float:

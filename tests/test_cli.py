@@ -85,6 +85,19 @@ def test_toy_method_from_file_trains_checkpoints_and_resumes(tmp_path, toy_metho
     assert metrics_a == metrics_b
 
 
+def test_run_written_before_a_new_field_still_resumes(tmp_path, toy_method_file, capsys):
+    run = tmp_path / "old"
+    assert _train(["--method", f"{toy_method_file}:Toy", "--batch-size", "100", "--epochs", "1",
+                   "--no-eval", "--set", "train.max_steps=2", "--out", str(run)]) == 0
+    saved = json.loads((run / "config.json").read_text())
+    del saved["train"]["logger"]  # as written before train.logger existed
+    (run / "config.json").write_text(json.dumps(saved))
+    assert _train(["--resume", str(run)]) == 0, capsys.readouterr().err
+    # a field given explicitly against the old run's (default) value is still a difference
+    assert _train(["--resume", str(run), "--set", "train.logger=jsonl"]) == 2
+    assert "train.logger ('auto' -> 'jsonl')" in capsys.readouterr().err
+
+
 def test_nonfinite_loss_stops_cleanly(tmp_path, toy_method_file, capsys):
     run = tmp_path / "nan"
     code = _train(["--method", f"{toy_method_file}:Toy", "--batch-size", "64", "--epochs", "1",

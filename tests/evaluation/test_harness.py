@@ -6,6 +6,7 @@ import json
 
 import torch
 from PIL import Image
+from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
 
 from ssl_zoo.cli import main
 from ssl_zoo.data.sources import open_source
@@ -46,6 +47,13 @@ def test_compare_two_methods_writes_table_json_and_charts(tmp_path, monkeypatch,
         assert 0 <= r["eval"]["knn"]["k20_t0.07"]["top1"] <= 1
     with Image.open(out / "final_metrics.png") as im:
         assert im.size[0] > 100
+    # one TensorBoard run per method, so `tensorboard --logdir OUT` overlays them
+    runs = EventMultiplexer().AddRunsFromDirectory(str(out))
+    runs.Reload()
+    assert set(runs.Runs()) == {"simclr/tb", "toy_method/tb"}
+    for name in runs.Runs():
+        assert [e.step for e in runs.Scalars(name, "train/loss")] == [3]
+        assert [e.step for e in runs.Scalars(name, "final/knn/k20_t0.07/top1")] == [3]
     # an interrupted / repeated compare does not retrain finished runs
     assert main(args) == 0
     assert "not retrained" in capsys.readouterr().out
