@@ -550,7 +550,6 @@ def test_class_attributes_and_config_from_plain_data():
     ({"num_prototypes": 1}, "num_prototypes"),
     ({"num_prototypes": 6000}, "num_prototypes"),
     ({"sinkhorn_iterations": 0}, "sinkhorn_iterations"),
-    ({"queue_length": 100}, "multiple of the global batch"),
     ({"queue_length": -128}, "queue_length"),
     ({"local_size": 48}, "local_size"),
     ({"crops_for_assign": (0, 6)}, "crops_for_assign"),
@@ -562,6 +561,13 @@ def test_class_attributes_and_config_from_plain_data():
 def test_validate_rejects_impossible_values(fields, match):
     with pytest.raises(ConfigError, match=match):
         SwAVConfig(**fields).validate(image_size=32, batch_size=128, dataset_size=5000)
+
+
+def test_any_queue_length_is_valid_for_any_global_batch():
+    """The ring buffer wraps exactly, so a run may resume with another global batch (another
+    number of processes) and keep its queue."""
+    for batch in (128, 64, 96, 1):
+        SwAVConfig(queue_length=100, num_prototypes=30).validate(32, batch, 5000)
 
 
 def test_validate_warns_when_prototypes_outnumber_sinkhorn_rows():
