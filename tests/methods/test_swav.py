@@ -616,7 +616,6 @@ def test_trainer_runs_swav_with_queue_freeze_and_hard_codes(tmp_path):
     torch.testing.assert_close(state["prototypes.weight"].norm(dim=1), torch.ones(30))
 
 
-@pytest.mark.slow
 def test_swav_with_queue_survives_sigkill(tmp_path):
     import importlib.util
     from pathlib import Path
@@ -625,10 +624,12 @@ def test_swav_with_queue_survives_sigkill(tmp_path):
     spec = importlib.util.spec_from_file_location("ssl_zoo_test_resume", path)
     helpers = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(helpers)
+    # the queue (2 batches) is in use from the third step; a checkpoint every 4 steps
     helpers.kill_and_resume_equals_uninterrupted(
-        tmp_path, "swav", ["--batch-size", "100", "--epochs", "2", "--set", "train.max_steps=24",
-                           *QUEUE_RUN[:2], "--set", "method.queue_length=200", *QUEUE_RUN[4:]],
-        total_steps=24)
+        tmp_path, "swav", ["--batch-size", "50", "--epochs", "2", "--set", "train.max_steps=16",
+                           "--backbone", "convnet_w0.25", "--set", "method.n_local=2",
+                           *QUEUE_RUN[:2], "--set", "method.queue_length=100", *QUEUE_RUN[4:]],
+        total_steps=16)
 
 
 def test_frozen_prototypes_stay_bit_identical_through_fp16_grad_scaler_steps(tmp_path):
