@@ -10,6 +10,15 @@ Optional multi-crop (SwAV, Caron et al. 2020, App. A.8 applies it to SimCLR): ex
 crops act only as anchors. Each local crop of image i is pulled towards both global crops of
 image i, each pair contrasted against the same negatives as a global anchor of image i (the
 2N - 2 global embeddings of the other images); local crops are never negatives.
+
+Where we follow the official code (google-research/simclr) rather than the paper's text, or
+differ from both:
+
+- The projection head ends with a batch norm of its output, as the official ``projection_head``
+  (the paper writes g(h) = W2 ReLU(W1 h)); ours has no learned scale (the official one has a
+  learned scale, no shift); ``proj_output_batch_norm=False`` removes it.
+- CIFAR-size views follow the paper's CIFAR recipe (App. B.9: colour strength 0.5, no blur),
+  see :func:`ssl_zoo.data.views.simclr_views`.
 """
 
 from __future__ import annotations
@@ -91,6 +100,8 @@ class SimCLRConfig(MethodConfig):
     """Output size of the projection MLP: the space the loss compares in."""
     proj_layers: int = 2
     """Linear layers in the projection MLP (2 in SimCLR v1, 3 in SimCLR v2)."""
+    proj_output_batch_norm: bool = True
+    """Batch norm (no affine parameters) on the projection output, as the official code."""
     num_local_crops: int = 0
     """Extra small crops per image used as anchors only (multi-crop, SwAV App. A.8); 0: off."""
     local_crop_size: int = 0
@@ -126,7 +137,8 @@ class SimCLR(Method):
         super().__init__(backbone, feature_dim, config)
         c = self.config
         self.head = mlp_head(feature_dim, c.proj_hidden_dim or feature_dim, c.proj_dim,
-                             num_layers=c.proj_layers)
+                             num_layers=c.proj_layers,
+                             last_batch_norm=c.proj_output_batch_norm)
 
     @classmethod
     def default_views(cls, config: SimCLRConfig, image_size: int) -> ViewSpec:

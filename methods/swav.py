@@ -22,6 +22,8 @@ Where we differ from the official code (facebookresearch/swav, ``main_swav.py``)
   rank 0 alone and resumed with another number of processes.
 - Prototype scores and codes are computed in float32 with autocast off, whatever the AMP
   setting (the official code runs them in fp16 under apex O1).
+- ImageNet-size views are normalised with torchvision's ImageNet std (0.229, 0.224, 0.225), as
+  MoCo, PCL and every torchvision checkpoint; the official code has 0.228 for red (0.4% apart).
 """
 
 from __future__ import annotations
@@ -187,7 +189,9 @@ class SwAVConfig(MethodConfig):
     # --- queue ---
     queue_length: int = 0
     """Embeddings from earlier batches added to Sinkhorn per assigned crop, over all processes;
-    0: no queue. A multiple of the global batch (paper: 3840 at batch 256)."""
+    0: no queue (paper: 3840 at batch 256). Any length works, the ring buffer wraps exactly (the
+    official code asks for a multiple of the batch only to shift its queue by whole batches), so
+    a run can resume with another number of processes (another global batch)."""
     queue_start_epoch: int = 3
     """First epoch (0-based) whose embeddings fill the queue; it is used once full (paper: 15)."""
 
@@ -252,11 +256,6 @@ class SwAVConfig(MethodConfig):
                                     f"{getattr(self, name)}")
         need(self.queue_length >= 0, f"queue_length must be >= 0 (0: no queue), got "
                                      f"{self.queue_length}")
-        if self.queue_length > 0:
-            lower = max(batch_size, self.queue_length // batch_size * batch_size)
-            need(self.queue_length % batch_size == 0,
-                 f"queue_length {self.queue_length} must be a multiple of the global batch "
-                 f"{batch_size}; use e.g. {lower} or {lower + batch_size}")
         rows = batch_size + self.queue_length
         if self.num_prototypes > rows:
             warnings.warn(
@@ -264,7 +263,7 @@ class SwAVConfig(MethodConfig):
                 f"Sinkhorn problem (batch + queue): the equipartition forces every code to "
                 f"spread over >= {self.num_prototypes / rows:.1f} prototypes. The paper adds a "
                 f"queue for small batches: queue_length >= {self.num_prototypes - batch_size} "
-                f"(a multiple of {batch_size}), or use fewer prototypes.",
+                f"(e.g. a multiple of {batch_size}), or use fewer prototypes.",
                 stacklevel=2,
             )
 
@@ -372,13 +371,10 @@ class SwAV(Method):
             return F.normalize(z.float(), dim=1)
 
     def _queue_rows(self, queue: FeatureQueue) -> torch.Tensor:
-        """This rank's share of the (globally identical) queue for the distributed Sinkhorn."""
-        world, rank = D.get_world_size(), D.get_rank()
-        if queue.length % world:
-            raise ConfigError(f"method.queue_length {queue.length} must be divisible by the "
-                              f"{world} processes (make it a multiple of the global batch)")
-        per_rank = queue.length // world
-        return queue.features[rank * per_rank:(rank + 1) * per_rank]
+        """This rank's share of the (globally identical) queue for the distributed Sinkhorn:
+        consecutive slices whose sizes differ by at most one row (Sinkhorn allows unequal
+        shares), so any queue length works with any number of processes."""
+        return queue.features.tensor_split(D.get_world_size())[D.get_rank()]
 
     @torch.no_grad()
     def compute_codes(self, scores: torch.Tensor, queue: FeatureQueue | None = None

@@ -14,8 +14,13 @@ import torch
 from torch import nn
 
 
-class LARS(torch.optim.Optimizer):
-    """SGD with momentum and layer-wise adaptive rate scaling (You et al. 2017).
+class MomentumSGD(torch.optim.Optimizer):
+    """SGD with momentum (no dampening, coupled weight decay: torch's ``SGD``), and, in groups
+    with ``lars_adapt``, layer-wise adaptive rate scaling (LARS, You et al. 2017).
+
+    Ours rather than torch's fused SGD: that one leaves the momentum buffers of a skipped first
+    step uninitialised and cannot take parameters whose gradients appear later (SwAV's frozen
+    prototypes).
 
     The LARC rule of the official SwAV code (apex ``LARC``, ``clip=False``): for a parameter p
     with gradient g and both norms non-zero, ``local_lr = eta |p| / (|g| + wd |p| + eps)`` and
@@ -25,10 +30,12 @@ class LARS(torch.optim.Optimizer):
     pass per group, not a loop of kernels per parameter.
     """
 
+    lars_adapt_default = False
+
     def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
                  eta: float = 0.001, eps: float = 1e-8):
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, eps=eps,
-                        lars_adapt=True)
+                        lars_adapt=self.lars_adapt_default)
         super().__init__(params, defaults)
 
     @torch.no_grad()
@@ -80,6 +87,12 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
+class LARS(MomentumSGD):
+    """:class:`MomentumSGD` whose groups adapt their rate by default (LARS / LARC)."""
+
+    lars_adapt_default = True
+
+
 def is_no_decay(name: str, param: nn.Parameter) -> bool:
     """Batch-norm weights and all biases (1-d tensors)."""
     return param.ndim <= 1 or name.endswith(".bias")
@@ -103,15 +116,17 @@ def build_optimizer(name: str, named_params, lr: float, weight_decay: float, mom
                     lars_eta: float, exclude_norm_and_bias: bool = True
                     ) -> torch.optim.Optimizer:
     """The optimiser ``name`` (sgd, lars, adam, adamw) over BN/bias-aware parameter groups;
-    SGD, Adam and AdamW are PyTorch's fused (one kernel for all parameters) versions."""
+    SGD and LARS are :class:`MomentumSGD` (multi-tensor), Adam and AdamW PyTorch's fused ones
+    (one kernel for all parameters)."""
     groups = param_groups(named_params, weight_decay, exclude_norm_and_bias)
     if name == "lars":
         return LARS(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, eta=lars_eta)
+    if name == "sgd":
+        for g in groups:
+            g["lars_adapt"] = False
+        return MomentumSGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
     for g in groups:
         g.pop("lars_adapt")
-    if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay,
-                               fused=True)
     if name == "adam":
         return torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay, fused=True)
     if name == "adamw":

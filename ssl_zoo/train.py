@@ -27,6 +27,7 @@ from torch import nn
 
 from ssl_zoo import registry
 from ssl_zoo.backbones import build_backbone
+from ssl_zoo.checkpoint import NAMES as CHECKPOINT_NAMES
 from ssl_zoo.checkpoint import load_latest_checkpoint, save_checkpoint
 from ssl_zoo.config import (
     RunConfig,
@@ -445,6 +446,12 @@ class Trainer:
     def fit(self) -> RunResult:
         t = self.cfg.train
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.resume and not any(
+                (self.run_dir / "checkpoints" / name).exists() for name in CHECKPOINT_NAMES):
+            # killed before its first checkpoint: nothing to lose, start from the beginning
+            self._print(f"note: {self.run_dir} has no checkpoint yet; starting from the "
+                        "beginning")
+            self.resume = False
         if self.resume:
             self._restore()
         elif self.is_main:

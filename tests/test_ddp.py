@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from ddp_harness import TinyNet, compare_one_vs_two, make_inputs
+from ddp_harness import TinyNet, compare_one_vs_two, kill_launcher_and_ranks, make_inputs
 
 
 def build_swav():
@@ -62,7 +62,6 @@ def test_two_ranks_equal_one_process(name):
 def test_two_process_cli_run_trains_checkpoints_and_resumes(tmp_path, toy_method_file):
     import json
     import os
-    import signal
     import subprocess
     import sys
     import time
@@ -82,8 +81,7 @@ def test_two_process_cli_run_trains_checkpoints_and_resumes(tmp_path, toy_method
         if metrics.exists() and len(metrics.read_text().splitlines()) >= 12:
             break
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks
-    proc.wait()
+    kill_launcher_and_ranks(proc)
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert 5 <= state["step"] < 40 and state["world_size"] == 2
     info = json.loads((run / "run_info.json").read_text())

@@ -134,3 +134,28 @@ def test_a_step_marked_found_inf_changes_nothing(name):
     opt.found_inf = torch.zeros(())
     opt.step()
     assert not torch.equal(next(model.parameters()), params[0])
+
+
+@pytest.mark.parametrize("name", ["sgd", "lars", "adam", "adamw"])
+def test_a_skipped_first_step_then_a_good_one_equals_the_good_one_alone(name):
+    """Also when a parameter gets its first gradient later (SwAV's prototypes after freezing)."""
+    def run(skip_first: bool):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+        opt = build_optimizer(name, model.named_parameters(), 0.1, 0.01, 0.9, 0.001)
+        if skip_first:
+            for p in model.parameters():
+                p.grad = torch.full_like(p, float("nan"))
+            opt.found_inf = torch.ones(())
+            opt.step()
+        g = torch.Generator().manual_seed(1)
+        for step in range(2):
+            for i, p in enumerate(model.parameters()):
+                late = i == 0 and step == 0  # the first weight has no gradient at first
+                p.grad = None if late else torch.randn(p.shape, generator=g)
+            opt.found_inf = torch.zeros(())
+            opt.step()
+        return [p.detach() for p in model.parameters()]
+
+    for a, b in zip(run(True), run(False)):
+        torch.testing.assert_close(a, b)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,21 +31,26 @@ def _metrics(run: Path) -> list[dict]:
 
 
 def _kill_at_random_step(cmd: list[str], run: Path, low: int, high: int) -> int:
+    """SIGKILL the run once its metrics reach a random step in [low, high]. A small run can
+    finish between two looks; then it is started again, aiming earlier (at most 3 tries)."""
     target = random.Random(os.getpid()).randint(low, high)
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    deadline = time.time() + 240
     metrics = run / "metrics.jsonl"
-    while time.time() < deadline and proc.poll() is None:
-        if metrics.exists():
-            lines = metrics.read_text().splitlines()
-            if len(lines) >= target:
+    for _ in range(3):
+        shutil.rmtree(run, ignore_errors=True)
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None:
+            if metrics.exists() and len(metrics.read_text().splitlines()) >= target:
                 break
-        time.sleep(0.02)
-    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    return target
+            time.sleep(0.005)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return target
+        assert proc.returncode == 0, proc.stderr.read().decode()[-2000:]
+        target = max(low, target // 2)  # it finished before the kill: aim earlier
+    raise AssertionError(f"the run finished before it could be killed, 3 times ({cmd})")
 
 
 def kill_and_resume_equals_uninterrupted(tmp_path: Path, method: str, extra: list[str],
@@ -108,3 +114,18 @@ def test_export_loads_into_torchvision_strictly(tmp_path, toy_method_file):
     assert torch.allclose(again(x), model(x))
     trained = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]
     assert torch.equal(sd["conv1.weight"], trained["backbone.conv1.weight"])
+
+
+def test_a_run_killed_before_its_first_checkpoint_resumes_from_the_start(tmp_path,
+                                                                          toy_method_file,
+                                                                          capsys):
+    run = tmp_path / "run"
+    args = ["--method", f"{toy_method_file}:Toy", "--batch-size", "100", "--epochs", "1",
+            "--no-eval", "--no-progress", "--set", "train.log_every_iters=1"]
+    assert main(["train", *args, "--out", str(run)]) == 0
+    full = _metrics(run)
+    shutil.rmtree(run / "checkpoints")  # as if killed before the first checkpoint
+    (run / "metrics.jsonl").write_text("")
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    assert "no checkpoint yet; starting from the beginning" in capsys.readouterr().out
+    assert _metrics(run) == full

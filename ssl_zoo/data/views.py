@@ -91,7 +91,8 @@ class CropGroup:
     solarize_p: float = 0.0
     """Probability of solarisation (last)."""
     blur_kernel_frac: float = 0.1
-    """Gaussian kernel size as a fraction of the crop size (SimCLR: 10%), made odd."""
+    """Gaussian kernel size as a fraction of the crop size (SimCLR: 10%), made odd; 0: no such
+    cap, only the 4-sigma cut (the PIL blur, radius = sigma, of the MoCo v2 and SwAV code)."""
 
 
 @dataclass
@@ -438,11 +439,14 @@ def color_jitter(x: torch.Tensor, order: torch.Tensor, factors: torch.Tensor,
 # the entry points
 # --------------------------------------------------------------------------------------------
 def blur_kernel_size(g: CropGroup) -> int:
-    """Largest odd kernel side: ``blur_kernel_frac`` of the crop (SimCLR's 10%), cut at
-    4 sigma_max."""
+    """Largest odd kernel side: ``blur_kernel_frac`` of the crop (SimCLR's 10%; 0: no cap), cut
+    at 4 sigma_max."""
+    cut = 2 * math.ceil(BLUR_TRUNCATE_SIGMAS * g.blur_sigma[1]) + 1
+    if g.blur_kernel_frac <= 0:
+        return cut
     k = max(3, int(round(g.blur_kernel_frac * g.size)))
     k = k if k % 2 == 1 else k + 1
-    return min(k, 2 * math.ceil(BLUR_TRUNCATE_SIGMAS * g.blur_sigma[1]) + 1)
+    return min(k, cut)
 
 
 def blur_radii(sigma: torch.Tensor, max_kernel_size: int) -> torch.Tensor:
@@ -623,7 +627,8 @@ def swav_views(image_size: int, n_local: int | None = None, local_size: int | No
     images: 2 x image size + 4 local crops of half the size (CIFAR: 2x32 + 4x16). Colour
     distortion of strength ``jitter_strength`` (1: jitter 0.8, 0.8, 0.8, 0.2 with p=0.8,
     grayscale 0.2, as the paper) on every crop; blur p=0.5 only when images are >= 96 px (the
-    CIFAR recipes leave it out).
+    CIFAR recipes leave it out), its kernel not capped at 10% of the crop (the official code's
+    PIL blur has no such cap; it would cut the 96-px crops' kernel at 2.5 sigma_max).
     """
     mean, std = _stats(image_size)
     large = image_size >= 192
@@ -632,7 +637,7 @@ def swav_views(image_size: int, n_local: int | None = None, local_size: int | No
     blur = 0.5 if image_size >= 96 else 0.0
     j = jitter_strength
     common = dict(brightness=0.8 * j, contrast=0.8 * j, saturation=0.8 * j, hue=0.2 * j,
-                  jitter_p=0.8, grayscale_p=0.2, blur_p=blur)
+                  jitter_p=0.8, grayscale_p=0.2, blur_p=blur, blur_kernel_frac=0.0)
     groups = [CropGroup(count=2, size=global_size or image_size, scale=tuple(global_scale),
                         **common)]
     if n_local > 0:
@@ -641,26 +646,30 @@ def swav_views(image_size: int, n_local: int | None = None, local_size: int | No
     return ViewSpec(groups=groups, mean=mean, std=std)
 
 
-def _two_crop_views(image_size: int, min_scale: float, strength: float) -> ViewSpec:
+def _two_crop_views(image_size: int, min_scale: float, strength: float,
+                    blur_kernel_frac: float) -> ViewSpec:
     """Two crops of ``image_size`` px, area (min_scale, 1), colour jitter (0.8, 0.8, 0.8, 0.2)
     x ``strength`` with p=0.8, grayscale 0.2, blur p=0.5 at >= 96 px (none on CIFAR)."""
     mean, std = _stats(image_size)
     g = CropGroup(count=2, size=image_size, scale=(min_scale, 1.0), brightness=0.8 * strength,
                   contrast=0.8 * strength, saturation=0.8 * strength, hue=0.2 * strength,
-                  jitter_p=0.8, grayscale_p=0.2, blur_p=0.5 if image_size >= 96 else 0.0)
+                  jitter_p=0.8, grayscale_p=0.2, blur_p=0.5 if image_size >= 96 else 0.0,
+                  blur_kernel_frac=blur_kernel_frac)
     return ViewSpec(groups=[g], mean=mean, std=std)
 
 
 def simclr_views(image_size: int) -> ViewSpec:
-    """SimCLR (Chen et al. 2020, App. A): crop (0.08, 1), jitter strength 1 with p=0.8,
-    gray 0.2, blur 0.5 at ImageNet size (none on CIFAR, as in the paper's CIFAR experiments)."""
-    return _two_crop_views(image_size, 0.08, 1.0)
+    """SimCLR (Chen et al. 2020, App. A): crop (0.08, 1), jitter strength 1 with p=0.8, gray
+    0.2, blur 0.5 with a kernel of 10% of the image at ImageNet size; CIFAR-size images
+    (<= 64 px) as the paper's CIFAR recipe (App. B.9): jitter strength 0.5, no blur."""
+    return _two_crop_views(image_size, 0.08, 0.5 if image_size <= 64 else 1.0, 0.1)
 
 
 def mocov2_views(image_size: int) -> ViewSpec:
     """MoCo v2 (Chen et al. 2020b): crop (0.2, 1), jitter (0.4, 0.4, 0.4, 0.1) p=0.8,
-    gray 0.2, blur p=0.5 sigma (0.1, 2) at ImageNet size."""
-    return _two_crop_views(image_size, 0.2, 0.5)
+    gray 0.2, blur p=0.5 sigma (0.1, 2) at ImageNet size, its kernel not capped at 10% of the
+    crop (the official code's PIL blur, radius = sigma, has no cap)."""
+    return _two_crop_views(image_size, 0.2, 0.5, 0.0)
 
 
 def eval_views(image_size: int) -> ViewSpec:

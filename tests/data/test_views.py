@@ -479,6 +479,21 @@ def test_preset_sizes_follow_the_papers():
     assert V.preset("simclr", 32).groups[0].scale == (0.08, 1.0)
 
 
+def test_colour_strength_and_blur_kernel_follow_each_reference():
+    def strength(g):  # brightness, contrast, saturation 0.8 s; hue 0.2 s
+        return [g.brightness / 0.8, g.contrast / 0.8, g.saturation / 0.8, g.hue / 0.2]
+
+    # SimCLR: strength 0.5 on CIFAR (App. B.9), 1 at ImageNet size (App. A)
+    assert strength(V.preset("simclr", 32).groups[0]) == pytest.approx([0.5] * 4)
+    assert strength(V.preset("simclr", 224).groups[0]) == pytest.approx([1.0] * 4)
+    assert strength(V.preset("mocov2", 224).groups[0]) == pytest.approx([0.5] * 4)
+    # blur kernel: SimCLR's is 10% of the crop, odd (96 px: 11); the MoCo v2 and SwAV code's
+    # PIL blur has no cap, so only the 4 sigma_max cut stays (2 x 8 + 1 = 17)
+    assert V.blur_kernel_size(V.preset("simclr", 96).groups[0]) == 11
+    assert V.blur_kernel_size(V.preset("mocov2", 96).groups[0]) == 17
+    assert [V.blur_kernel_size(g) for g in V.preset("swav", 224).groups] == [17, 17]
+
+
 def test_unknown_preset_suggests_names():
     with pytest.raises(ConfigError, match="did you mean 'swav'"):
         V.preset("swa", 32)

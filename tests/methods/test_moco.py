@@ -171,6 +171,11 @@ def test_loss_uses_queue_before_update_then_enqueues_keys():
     torch.testing.assert_close(m.queue.features[:16], expected_keys, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(m.queue.features[16:], queue_before[16:])
     assert int(m.queue.ptr) == 16
+    # top-1: the share of queries whose positive beats every negative, counted by hand
+    q_unit, k_unit = _unit(queries.double()), _unit(expected_keys.double())
+    wins = sum(float(q_unit[i] @ k_unit[i]) > float((queue_before.double() @ q_unit[i]).max())
+               for i in range(16))
+    assert float(out.metrics["instance_top1"]) == pytest.approx(wins / 16, abs=1e-6)
 
 
 def test_symmetric_loss_is_mean_of_both_directions():
@@ -191,16 +196,20 @@ def test_symmetric_loss_is_mean_of_both_directions():
 def test_momentum_hook_matches_hand_update_and_schedule():
     m = _method(momentum_schedule="cosine", momentum=0.9)
     with torch.no_grad():
-        for p in m.backbone.parameters():
+        for p in [*m.backbone.parameters(), *m.head.parameters()]:
             p.add_(0.5)
-    before = [p.clone() for p in m.key_backbone.parameters()]
-    online = [p.clone() for p in m.backbone.parameters()]
+    pairs = [(m.key_backbone, m.backbone), (m.key_head, m.head)]
+    before = [[p.clone() for p in key.parameters()] for key, _ in pairs]
+    online = [[p.clone() for p in query.parameters()] for _, query in pairs]
     ctx = TrainContext(step=25, total_steps=100)
-    mom = momentum_at(25, 100, 0.9, "cosine")
-    assert 0.9 < mom < 1.0
+    mom = 1 - (1 - 0.9) * (math.cos(math.pi * 25 / 100) + 1) / 2  # BYOL's cosine, by hand
+    assert momentum_at(25, 100, 0.9, "cosine") == pytest.approx(mom, rel=1e-12)
     m.after_optimizer_step(ctx)
-    for pk, k0, q0 in zip(m.key_backbone.parameters(), before, online):
-        torch.testing.assert_close(pk, mom * k0 + (1 - mom) * q0)
+    for (key, _), k_before, q_now in zip(pairs, before, online):
+        assert len(k_before) > 0
+        for pk, k0, q0 in zip(key.parameters(), k_before, q_now):
+            assert not torch.equal(k0, q0)  # the update has something to move
+            torch.testing.assert_close(pk, mom * k0 + (1 - mom) * q0)
 
 
 def test_state_dict_resumes_queue_and_key_encoder():
@@ -237,7 +246,6 @@ def test_steps_run_and_reach_every_parameter(symmetric):
         opt.step()
         m.after_optimizer_step(ctx)
     assert any(not torch.equal(a, b) for a, b in zip(key_before, m.key_backbone.parameters()))
-    assert 0 <= float(out.metrics["instance_top1"]) <= 1
 
 
 def test_wrong_number_of_crops():

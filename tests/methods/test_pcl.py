@@ -324,3 +324,57 @@ def test_steps_with_prototypes_reach_every_parameter():
             m.after_optimizer_step(ctx)
             step += 1
     assert "proto_loss" in out.metrics and int(m.cluster_epoch) == 2
+
+
+def test_each_image_is_pulled_to_the_centroid_its_index_was_assigned_to(monkeypatch):
+    """Hand-made clusterings, written as {dataset index: cluster} per level: in forward, each
+    query's positive logit is its own image's centroid (normalised) / that cluster's phi, at
+    every level, and the ProtoNCE loss equals a loop over those hand-made assignments."""
+    import methods.pcl as pcl_module
+
+    x = _dataset()
+    m = _method(num_negative_prototypes=0)  # no random negatives: the candidates are known
+    m.on_train_start(_ctx(x))
+    g = torch.Generator().manual_seed(11)
+    hand = [{i: (7 * i + 3) % 4 for i in range(N)},  # level 0: 4 clusters
+            {i: (i // 8) % 6 for i in range(N)}]  # level 1: 6 clusters
+    cents, phis = [], []
+    for level, k in enumerate((4, 6)):
+        cent, phi = m.clustering(level)
+        cent.copy_(torch.randn(k, 16, generator=g) * 3)  # not unit: forward normalises
+        phi.copy_(torch.rand(k, generator=g) + 0.1)
+        m.assignments[level].copy_(torch.tensor([hand[level][i] for i in range(N)]))
+        cents.append(cent.clone().double())
+        phis.append(phi.clone().double())
+    m.cluster_epoch.fill_(0)
+
+    seen = []
+
+    def recording(q, prototypes, concentration, positive, negatives):
+        logits, target = real(q, prototypes, concentration, positive, negatives)
+        seen.append((logits.detach().double(), target))
+        return logits, target
+
+    real = pcl_module.proto_nce_logits
+    monkeypatch.setattr(pcl_module, "proto_nce_logits", recording)
+    index = torch.tensor([29, 3, 44, 16, 8, 37, 21, 0, 12, 45])  # batch row != dataset index
+    views = _views(x, index)
+    with torch.no_grad():
+        q = torch.nn.functional.normalize(m.query(views[0]).double(), dim=1)
+    out = m(views)
+    assert len(seen) == 2  # one query crop, two levels
+
+    expected_loss = 0.0
+    for level, (logits, target) in enumerate(seen):
+        unit = [c / c.norm() for c in cents[level]]
+        batch_clusters = sorted({hand[level][int(i)] for i in index})
+        for row, image in enumerate(index.tolist()):
+            own = hand[level][image]
+            positive = float(q[row] @ unit[own]) / float(phis[level][own])
+            assert float(logits[row, target[row]]) == pytest.approx(positive, rel=1e-5,
+                                                                     abs=1e-5)
+            denominator = sum(math.exp(float(q[row] @ unit[j]) / float(phis[level][j]))
+                              for j in batch_clusters)
+            expected_loss += -math.log(math.exp(positive) / denominator)
+    expected_loss /= 2 * len(index)
+    assert float(out.metrics["proto_loss"]) == pytest.approx(expected_loss, rel=1e-4)

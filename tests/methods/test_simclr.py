@@ -137,6 +137,21 @@ def test_default_views():
     assert spec.groups[1].scale == (0.05, 0.14) and spec.groups[0].scale == (0.14, 1.0)
 
 
+def test_projection_output_is_batch_normalised_as_the_official_head():
+    torch.manual_seed(0)
+    net = ConvNet(width=0.25)
+    x = torch.randn(16, 3, 16, 16)
+    method = SimCLR(net, net.out_dim, SimCLRConfig(proj_dim=16))
+    z = method.head(net(x)).double()  # training mode: the batch's own statistics
+    torch.testing.assert_close(z.mean(0), torch.zeros(16, dtype=torch.float64), atol=1e-6,
+                               rtol=0)
+    torch.testing.assert_close(z.var(0, unbiased=False), torch.ones(16, dtype=torch.float64),
+                               atol=1e-3, rtol=0)  # 1 up to BN's epsilon
+    plain = SimCLR(net, net.out_dim, SimCLRConfig(proj_dim=16, proj_output_batch_norm=False))
+    assert isinstance(plain.head[-1], torch.nn.Linear)
+    assert plain.head(net(x)).mean(0).abs().max() > 1e-3
+
+
 @pytest.mark.parametrize("n_local", [0, 2])
 def test_steps_reduce_loss_and_reach_every_parameter(n_local):
     torch.manual_seed(0)

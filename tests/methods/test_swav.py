@@ -565,7 +565,6 @@ def test_class_attributes_and_config_from_plain_data():
     ({"num_prototypes": 1}, "num_prototypes"),
     ({"num_prototypes": 6000}, "num_prototypes"),
     ({"sinkhorn_iterations": 0}, "sinkhorn_iterations"),
-    ({"queue_length": 100}, "multiple of the global batch"),
     ({"queue_length": -128}, "queue_length"),
     ({"local_size": 48}, "local_size"),
     ({"crops_for_assign": (0, 6)}, "crops_for_assign"),
@@ -577,6 +576,13 @@ def test_class_attributes_and_config_from_plain_data():
 def test_validate_rejects_impossible_values(fields, match):
     with pytest.raises(ConfigError, match=match):
         SwAVConfig(**fields).validate(image_size=32, batch_size=128, dataset_size=5000)
+
+
+def test_any_queue_length_is_valid_for_any_global_batch():
+    """The ring buffer wraps exactly, so a run may resume with another global batch (another
+    number of processes) and keep its queue."""
+    for batch in (128, 64, 96, 1):
+        SwAVConfig(queue_length=100, num_prototypes=30).validate(32, batch, 5000)
 
 
 def test_validate_warns_when_prototypes_outnumber_sinkhorn_rows():
@@ -625,7 +631,6 @@ def test_trainer_runs_swav_with_queue_freeze_and_hard_codes(tmp_path):
     torch.testing.assert_close(state["prototypes.weight"].norm(dim=1), torch.ones(30))
 
 
-@pytest.mark.slow
 def test_swav_with_queue_survives_sigkill(tmp_path):
     import importlib.util
     from pathlib import Path
@@ -634,10 +639,55 @@ def test_swav_with_queue_survives_sigkill(tmp_path):
     spec = importlib.util.spec_from_file_location("ssl_zoo_test_resume", path)
     helpers = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(helpers)
+    # the queue (2 batches) is in use from the third step; a checkpoint every 4 steps
     helpers.kill_and_resume_equals_uninterrupted(
-        tmp_path, "swav", ["--batch-size", "100", "--epochs", "2", "--set", "train.max_steps=24",
-                           *QUEUE_RUN[:2], "--set", "method.queue_length=200", *QUEUE_RUN[4:]],
-        total_steps=24)
+        tmp_path, "swav", ["--batch-size", "50", "--epochs", "2", "--set", "train.max_steps=16",
+                           "--backbone", "convnet_w0.25", "--set", "method.n_local=2",
+                           *QUEUE_RUN[:2], "--set", "method.queue_length=100", *QUEUE_RUN[4:]],
+        total_steps=16)
+
+
+def test_frozen_prototypes_stay_bit_identical_through_fp16_grad_scaler_steps(tmp_path):
+    """The trainer's AMP path (fp16 autocast, GradScaler: scale, unscale, freeze hook, step,
+    update) on CPU: the first step overflows and the scaler skips it, the next two are taken,
+    and the frozen prototypes do not change by a bit until freeze_prototypes_iters is over."""
+    from ssl_zoo import registry
+    from ssl_zoo.config import build_run_config
+    from ssl_zoo.train import Trainer
+
+    sets = ["method=swav", "dataset=demo", "backbone=convnet_w0.25", "train.batch_size=32",
+            "train.epochs=1", "train.optimizer=sgd", "train.weight_decay=0.1",
+            "train.warmup_epochs=0", "train.num_workers=0", "train.device=cpu",
+            "eval.enabled=false", "method.num_prototypes=30", "method.n_local=2",
+            "method.freeze_prototypes_iters=3"]
+    cfg = build_run_config({}, sets, lambda name: set(registry.get_method(name).config_fields()))
+    trainer = Trainer(cfg, tmp_path / "run", show_progress=False)
+    trainer.autocast_dtype = torch.float16
+    # 2^127 x a loss near ln 30 overflows float32: the first step's gradients are inf
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 127, backoff_factor=2.0 ** -112)
+    method = trainer.method
+    trainer.ctx.step = trainer.ctx.epoch = 0
+    method.on_train_start(trainer.ctx)
+    method.on_epoch_start(trainer.ctx)
+    method.train()
+    start = method.prototypes.weight.detach().clone()
+    batches = trainer.loader.iterate()
+    for step in range(4):
+        images, index = next(batches)
+        before = [p.detach().clone() for p in method.backbone.parameters()]
+        scale = trainer.scaler.get_scale()
+        loss, out, _, _ = trainer._train_step(images, index)
+        assert loss is not None and torch.isfinite(loss)
+        moved = any(not torch.equal(a, b) for a, b in zip(before, method.backbone.parameters()))
+        if step == 0:  # inf gradients: the scaler skipped the step and lowered its scale
+            assert not moved and trainer.scaler.get_scale() == scale * 2.0 ** -112
+        else:
+            assert moved and trainer.scaler.get_scale() == scale
+        if step < 3:
+            assert torch.equal(method.prototypes.weight, start), step
+        trainer.step += 1
+    assert not torch.equal(method.prototypes.weight, start)  # unfrozen at iteration 3
+    assert out.debug["scores"].dtype == torch.float32
 
 
 def test_a_skipped_step_leaves_the_queue_unchanged():

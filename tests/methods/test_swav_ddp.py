@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from ddp_harness import kill_launcher_and_ranks
 from torch import nn
 
 from methods.swav import SwAV, SwAVConfig, sinkhorn
@@ -18,7 +20,7 @@ from ssl_zoo.modules.distributed import all_reduce_mean
 
 WORLD = 2
 BATCH = 8  # global
-STEPS = 3  # the queue (2 global batches) is full from the third step on
+STEPS = 3  # the queue (2 global batches less one row) is full from the third step on
 
 
 class SmallNet(nn.Module):
@@ -32,8 +34,9 @@ class SmallNet(nn.Module):
 
 
 def build_model() -> SwAV:
+    # an odd queue length: the ranks hold unequal shares of it (8 and 7 rows)
     cfg = SwAVConfig(num_prototypes=10, feat_dim=8, hidden_dim=16, n_local=2, epsilon=0.05,
-                     queue_length=2 * BATCH, queue_start_epoch=0, collapse_patience_iters=0)
+                     queue_length=2 * BATCH - 1, queue_start_epoch=0, collapse_patience_iters=0)
     model = SwAV(SmallNet(), 16, cfg)
     for m in model.modules():  # the module stays in training mode (it fills its queue)
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -115,3 +118,87 @@ def test_two_gloo_ranks_equal_one_process(tmp_path):
         for name, grad in ref["grads"].items():
             torch.testing.assert_close(got[0]["grads"][name], grad, rtol=1e-4, atol=1e-6)
             torch.testing.assert_close(got[1]["grads"][name], grad, rtol=1e-4, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------
+# resume with another number of processes (through the CLI)
+# --------------------------------------------------------------------------------------------
+QUEUE = 30  # a multiple of the global batch of 1 process (10), not of 2 processes (20)
+PER_PROCESS = 10
+STEPS_TOTAL = 20
+LR_PER_256, WARMUP_EPOCHS = 0.5, 0.05
+
+
+def _train(run, nproc: int, resume: bool, kill_after_lines: int = 0):
+    import subprocess
+    import sys
+    import time
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "ssl_zoo", "train", "--nproc", str(nproc), "--no-progress"]
+    if resume:
+        cmd += ["--resume", str(run)]
+    else:
+        cmd += ["--method", "swav", "--dataset", "demo", "--backbone", "convnet_w0.25",
+                "--batch-size", str(PER_PROCESS), "--epochs", "1", "--no-eval", "--out", str(run),
+                "--set", f"train.max_steps={STEPS_TOTAL}", "--set", "train.log_every_iters=1",
+                "--set", "train.checkpoint_every_iters=4", "--set", "train.optimizer=sgd",
+                "--set", f"train.lr_per_256={LR_PER_256}",
+                "--set", f"train.warmup_epochs={WARMUP_EPOCHS}",
+                "--set", "method.num_prototypes=20", "--set", "method.n_local=2",
+                "--set", f"method.queue_length={QUEUE}", "--set", "method.queue_start_epoch=0"]
+    if not kill_after_lines:
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    metrics = run / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= kill_after_lines:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+    kill_launcher_and_ranks(proc)
+
+
+def _lr(step: int, global_batch: int) -> float:
+    """Linear warm-up, then cosine to 0 on the last iteration; peak lr_per_256 x batch / 256."""
+    import math
+
+    peak = LR_PER_256 * global_batch / 256
+    warmup = round(WARMUP_EPOCHS * (2000 // global_batch))
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    return 0.5 * peak * (1 + math.cos(math.pi * (step - warmup) / (STEPS_TOTAL - 1 - warmup)))
+
+
+@pytest.mark.parametrize("before,after", [(2, 1), (1, 2)])
+def test_resume_with_another_number_of_processes_keeps_the_queue(tmp_path, before, after):
+    import json
+
+    run = tmp_path / "run"
+    _train(run, before, resume=False, kill_after_lines=10)
+    saved = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    done, model = saved["step"], saved["model"]
+    assert saved["world_size"] == before and 4 <= done < STEPS_TOTAL
+    assert int(model["queues.0.filled"]) == QUEUE  # full before the interruption
+
+    _train(run, after, resume=True)
+    final = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert final["step"] == STEPS_TOTAL and final["world_size"] == after
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, STEPS_TOTAL + 1))
+    resumed = [r for r in records if r["step"] > done]
+    # the queue came back full (a restarted queue would be out of use for the first steps) ...
+    assert all(r["queue_in_use"] == 1.0 for r in resumed)
+    # ... and went on from the checkpoint's write position, a new global batch per step
+    for j in range(2):
+        ptr = (int(model[f"queues.{j}.ptr"]) + (STEPS_TOTAL - done) * after * PER_PROCESS) % QUEUE
+        assert int(final["model"][f"queues.{j}.ptr"]) == ptr
+        assert int(final["model"][f"queues.{j}.filled"]) == QUEUE
+    # the lr follows the schedule of each run's global batch (lr_per_256 x global batch / 256)
+    for r in records:
+        world = before if r["step"] <= done else after
+        assert r["lr"] == pytest.approx(_lr(r["step"] - 1, world * PER_PROCESS), rel=1e-9)
