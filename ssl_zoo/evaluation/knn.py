@@ -74,6 +74,34 @@ def vote(sims: torch.Tensor, neighbour_labels: torch.Tensor, temperature: float 
     return scores
 
 
+def _neighbours(train_feats, train_labels, test_feats, k: int, num_classes: int | None,
+                chunk_size: int, gpu: bool | None, test_labels=None):
+    """The one neighbour search of every kNN result here: L2-normalised features, one faiss
+    inner-product index, k clamped to the training set. Returns (k, num_classes, test labels
+    or None, iterator of (first query, cosines (q, k), neighbour labels (q, k)) per chunk)."""
+    tr = _unit_rows(train_feats, "train features")
+    index = FlatIPIndex(tr, gpu=gpu)
+    te = _unit_rows(test_feats, "test features")
+    ytr_raw = torch.as_tensor(train_labels).detach().cpu().long().reshape(-1)
+    yte = None
+    if num_classes is None:  # classes seen in either split
+        seen = [ytr_raw] + ([torch.as_tensor(test_labels).long().reshape(-1)]
+                            if test_labels is not None else [])
+        num_classes = int(torch.cat(seen).max()) + 1
+    ytr = _labels(ytr_raw, tr.shape[0], num_classes, "train labels")
+    if test_labels is not None:
+        yte = _labels(torch.as_tensor(test_labels).detach().cpu().long().reshape(-1),
+                      te.shape[0], num_classes, "test labels")
+    k = clamp_k(k, tr.shape[0])
+
+    def chunks():
+        for start in range(0, te.shape[0], chunk_size):
+            sims, idx = index.search(te[start:start + chunk_size].numpy(), k)
+            yield start, torch.from_numpy(sims), ytr[torch.from_numpy(idx)]
+
+    return k, num_classes, yte, te.shape[0], chunks()
+
+
 def knn_classify(train_feats, train_labels, test_feats, k: int, temperature: float | None,
                  num_classes: int, *, chunk_size: int = 8192, gpu: bool | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,27 +111,12 @@ def knn_classify(train_feats, train_labels, test_feats, k: int, temperature: flo
     large 1/T cannot overflow; the ranking is that of exp(sim / T). ``k`` larger than the
     training set is clamped to it, with a warning.
     """
-    scores = knn_scores(train_feats, train_labels, test_feats, k, temperature, num_classes,
-                        chunk_size=chunk_size, gpu=gpu)
-    return scores, scores.argmax(1) if scores.shape[0] else torch.empty(0, dtype=torch.long)
-
-
-def knn_scores(train_feats, train_labels, test_feats, k: int, temperature: float | None,
-               num_classes: int, *, chunk_size: int = 8192, gpu: bool | None = None
-               ) -> torch.Tensor:
-    """Class scores (Q, C) of the weighted kNN vote; see ``knn_classify``."""
     _check([temperature], chunk_size)
-    tr = _unit_rows(train_feats, "train features")
-    index = FlatIPIndex(tr, gpu=gpu)
-    ytr = _labels(train_labels, tr.shape[0], num_classes, "train labels")
-    te = _unit_rows(test_feats, "test features")
-    k = clamp_k(k, tr.shape[0])
-    out = []
-    for start in range(0, te.shape[0], chunk_size):
-        sims, idx = index.search(te[start:start + chunk_size].numpy(), k)
-        out.append(vote(torch.from_numpy(sims), ytr[torch.from_numpy(idx)], temperature,
-                        num_classes))
-    return torch.cat(out) if out else torch.zeros(0, num_classes, dtype=torch.float64)
+    k, num_classes, _, _, chunks = _neighbours(train_feats, train_labels, test_feats, k,
+                                               num_classes, chunk_size, gpu)
+    out = [vote(sims, nlab, temperature, num_classes) for _, sims, nlab in chunks]
+    scores = torch.cat(out) if out else torch.zeros(0, num_classes, dtype=torch.float64)
+    return scores, scores.argmax(1) if scores.shape[0] else torch.empty(0, dtype=torch.long)
 
 
 def _hits(scores: torch.Tensor, neighbour_labels: torch.Tensor, y: torch.Tensor,
@@ -130,24 +143,16 @@ def knn_protocols(train_feats, train_labels, test_feats, test_labels, *,
     if not protocols:
         raise UserError("no kNN protocol to evaluate")
     _check([t for _, t in protocols.values()], chunk_size)
-    tr = _unit_rows(train_feats, "train features")
-    index = FlatIPIndex(tr, gpu=gpu)
-    te = _unit_rows(test_feats, "test features")
-    if te.shape[0] == 0:
+    if torch.as_tensor(test_feats).shape[0] == 0:
         raise UserError("kNN accuracy needs at least one test feature")
-    ytr_raw = torch.as_tensor(train_labels).detach().cpu().long().reshape(-1)
-    yte_raw = torch.as_tensor(test_labels).detach().cpu().long().reshape(-1)
-    if num_classes is None:  # classes seen in either split
-        num_classes = int(torch.cat([ytr_raw, yte_raw]).max()) + 1
-    ytr = _labels(ytr_raw, tr.shape[0], num_classes, "train labels")
-    yte = _labels(yte_raw, te.shape[0], num_classes, "test labels")
-    ks = {name: clamp_k(k, tr.shape[0]) for name, (k, _) in protocols.items()}
-    k_max = max(ks.values())
+    n_train = torch.as_tensor(train_feats).shape[0]
+    ks = {name: clamp_k(k, n_train) for name, (k, _) in protocols.items()}
+    k_max, num_classes, yte, n_test, chunks = _neighbours(
+        train_feats, train_labels, test_feats, max(ks.values()), num_classes, chunk_size, gpu,
+        test_labels=test_labels)
     hits = {name: [0, 0] for name in protocols}
-    for start in range(0, te.shape[0], chunk_size):
-        sims, idx = index.search(te[start:start + chunk_size].numpy(), k_max)
-        sims, nlab = torch.from_numpy(sims), ytr[torch.from_numpy(idx)]
-        y = yte[start:start + chunk_size]
+    for start, sims, nlab in chunks:
+        y = yte[start:start + sims.shape[0]]
         for name, (_, temperature) in protocols.items():
             k = ks[name]
             scores = vote(sims[:, :k], nlab[:, :k], temperature, num_classes)
@@ -156,20 +161,10 @@ def knn_protocols(train_feats, train_labels, test_feats, test_labels, *,
             hits[name][1] += h5
     out = {}
     for name, (k_req, temperature) in protocols.items():
-        res = {"top1": hits[name][0] / te.shape[0], "top5": hits[name][1] / te.shape[0],
+        res = {"top1": hits[name][0] / n_test, "top5": hits[name][1] / n_test,
                "k": ks[name], "temperature": temperature}
         if ks[name] != k_req:
             res["k_requested"] = k_req
-            res["note"] = (f"k={k_req} clamped to the {tr.shape[0]} training features")
+            res["note"] = (f"k={k_req} clamped to the {n_train} training features")
         out[name] = res
     return out
-
-
-def knn_accuracy(train_feats, train_labels, test_feats, test_labels, *, k: int,
-                 temperature: float | None, num_classes: int | None = None,
-                 chunk_size: int = 8192, gpu: bool | None = None) -> dict:
-    """Top-1 and top-5 accuracy of the weighted kNN classifier: ``{"top1", "top5", "k",
-    "temperature"}`` (+ ``"k_requested"``, ``"note"`` when k was clamped to the train size)."""
-    return knn_protocols(train_feats, train_labels, test_feats, test_labels,
-                         protocols={"_": (k, temperature)}, num_classes=num_classes,
-                         chunk_size=chunk_size, gpu=gpu)["_"]

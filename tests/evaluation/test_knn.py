@@ -14,10 +14,8 @@ from hypothesis import strategies as st
 from ssl_zoo.errors import UserError
 from ssl_zoo.evaluation.knn import (
     KNN_PROTOCOLS,
-    knn_accuracy,
     knn_classify,
     knn_protocols,
-    knn_scores,
 )
 
 
@@ -95,15 +93,15 @@ def test_accuracy_and_both_protocols_equal_slow_loop():
         assert res[name]["top5"] == pytest.approx(top5, abs=1e-12)
         assert res[name]["k"] == k and res[name]["temperature"] == t
         assert 0 < res[name]["top1"] < res[name]["top5"] < 1  # the case is not trivial
-        single = knn_accuracy(xtr, ytr, xte, yte, k=k, temperature=t, num_classes=12)
-        assert single == res[name]
+        single = knn_protocols(xtr, ytr, xte, yte, protocols={"one": (k, t)}, num_classes=12)
+        assert single["one"] == res[name]
 
 
 def test_top5_counts_only_classes_that_got_a_vote():
     # every neighbour of the query has class 0; the label 3 gets no vote and is no top-5 hit
     train = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.8, 0.2]])
-    res = knn_accuracy(train, torch.tensor([0, 0, 0]), torch.tensor([[1.0, 0.05]]),
-                       torch.tensor([3]), k=3, temperature=0.1, num_classes=6)
+    res = knn_protocols(train, torch.tensor([0, 0, 0]), torch.tensor([[1.0, 0.05]]),
+                        torch.tensor([3]), protocols={"one": (3, 0.1)}, num_classes=6)["one"]
     assert res["top1"] == 0.0 and res["top5"] == 0.0
 
 
@@ -149,18 +147,19 @@ def test_separable_clusters_give_perfect_accuracy_under_both_protocols():
 def test_k_larger_than_train_set_is_clamped_and_said():
     xtr, ytr, xte, yte = clustered(30, 10, 3, 4, 0.1, seed=5)
     with pytest.warns(UserWarning, match="k=200"):
-        res = knn_accuracy(xtr, ytr, xte, yte, k=200, temperature=0.1, num_classes=3)
+        res = knn_protocols(xtr, ytr, xte, yte, protocols={"one": (200, 0.1)},
+                            num_classes=3)["one"]
     assert res["k"] == 30 and res["k_requested"] == 200 and "clamped" in res["note"]
     with pytest.warns(UserWarning):
-        clamped = knn_scores(xtr, ytr, xte, 200, 0.1, 3)
-    torch.testing.assert_close(clamped, knn_scores(xtr, ytr, xte, 30, 0.1, 3))
+        clamped = knn_classify(xtr, ytr, xte, 200, 0.1, 3)[0]
+    torch.testing.assert_close(clamped, knn_classify(xtr, ytr, xte, 30, 0.1, 3)[0])
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 1000])
 def test_chunking_changes_nothing(chunk):
     xtr, ytr, xte, yte = clustered(220, 17, 4, 6, 1.5, seed=6)
-    whole = knn_scores(xtr, ytr, xte, 9, 0.07, 4, chunk_size=10_000)
-    assert torch.equal(knn_scores(xtr, ytr, xte, 9, 0.07, 4, chunk_size=chunk), whole)
+    whole = knn_classify(xtr, ytr, xte, 9, 0.07, 4, chunk_size=10_000)[0]
+    assert torch.equal(knn_classify(xtr, ytr, xte, 9, 0.07, 4, chunk_size=chunk)[0], whole)
     a = knn_protocols(xtr, ytr, xte, yte, chunk_size=chunk)
     assert a == knn_protocols(xtr, ytr, xte, yte, chunk_size=10_000)
 
@@ -171,11 +170,11 @@ def test_knn_is_invariant_to_positive_rescaling_of_each_feature_vector(seed, log
     g = torch.Generator().manual_seed(seed)
     train, test = torch.randn(40, 5, generator=g), torch.randn(8, 5, generator=g)
     ytr = torch.randint(0, 3, (40,), generator=g)
-    a = knn_scores(train, ytr, test, 6, 0.1, 3)
+    a = knn_classify(train, ytr, test, 6, 0.1, 3)[0]
     # one global factor, and a different positive factor per row
     s_tr = 10 ** (log_scale + torch.rand(40, 1, generator=g))
     s_te = 10 ** (log_scale + torch.rand(8, 1, generator=g))
-    b = knn_scores(train * s_tr, ytr, test * s_te, 6, 0.1, 3)
+    b = knn_classify(train * s_tr, ytr, test * s_te, 6, 0.1, 3)[0]
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
 
 
@@ -185,29 +184,29 @@ def test_knn_is_equivariant_to_train_order_and_class_names(seed):
     g = torch.Generator().manual_seed(seed)
     train, test = torch.randn(50, 6, generator=g), torch.randn(10, 6, generator=g)
     ytr = torch.randint(0, 4, (50,), generator=g)
-    scores = knn_scores(train, ytr, test, 7, 0.2, 4)
+    scores = knn_classify(train, ytr, test, 7, 0.2, 4)[0]
     perm = torch.randperm(50, generator=g)
-    torch.testing.assert_close(knn_scores(train[perm], ytr[perm], test, 7, 0.2, 4), scores,
+    torch.testing.assert_close(knn_classify(train[perm], ytr[perm], test, 7, 0.2, 4)[0], scores,
                                rtol=1e-6, atol=0)
     rename = torch.randperm(4, generator=g)  # class c is called rename[c]
-    renamed = knn_scores(train, rename[ytr], test, 7, 0.2, 4)
+    renamed = knn_classify(train, rename[ytr], test, 7, 0.2, 4)[0]
     torch.testing.assert_close(renamed[:, rename], scores, rtol=0, atol=0)
 
 
 def test_bad_input_is_refused_clearly():
     xtr, ytr, xte, yte = clustered(20, 5, 3, 4, 1.0, seed=7)
     with pytest.raises(UserError, match="labels"):
-        knn_scores(xtr, ytr[:-1], xte, 3, 0.1, 3)
+        knn_classify(xtr, ytr[:-1], xte, 3, 0.1, 3)[0]
     with pytest.raises(UserError, match=r"\[0, 3\)"):
-        knn_scores(xtr, ytr + 1, xte, 3, 0.1, 3)
+        knn_classify(xtr, ytr + 1, xte, 3, 0.1, 3)[0]
     with pytest.raises(UserError, match="temperature"):
-        knn_scores(xtr, ytr, xte, 3, 0.0, 3)
+        knn_classify(xtr, ytr, xte, 3, 0.0, 3)[0]
     with pytest.raises(UserError, match="k >= 1"):
-        knn_scores(xtr, ytr, xte, 0, 0.1, 3)
+        knn_classify(xtr, ytr, xte, 0, 0.1, 3)[0]
     with pytest.raises(UserError, match="empty"):
-        knn_scores(xtr[:0], ytr[:0], xte, 3, 0.1, 3)
+        knn_classify(xtr[:0], ytr[:0], xte, 3, 0.1, 3)[0]
     with pytest.raises(UserError, match="chunk_size"):
-        knn_scores(xtr, ytr, xte, 3, 0.1, 3, chunk_size=0)
+        knn_classify(xtr, ytr, xte, 3, 0.1, 3, chunk_size=0)[0]
     with pytest.raises(UserError, match="no kNN protocol"):
         knn_protocols(xtr, ytr, xte, yte, protocols={})
     with pytest.raises(UserError, match="at least one test"):
