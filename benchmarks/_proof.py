@@ -127,18 +127,17 @@ def cmd_knn(args) -> int:
     initialisation (seeded as the evaluation's baseline), features on the GPU if there is one."""
     import torch
 
+    from ssl_zoo.assemble import resume
     from ssl_zoo.backbones import build_backbone
     from ssl_zoo.checkpoint import load_latest_checkpoint
-    from ssl_zoo.config import RunConfig, from_dict
     from ssl_zoo.evaluation.features import extract_features
-    from ssl_zoo.train import build_method, open_data
 
     run = Path(args.run_dir)
-    cfg = from_dict(RunConfig, json.loads((run / "config.json").read_text()))
+    assembled = resume(run)
+    cfg, data, spec = assembled.config, assembled.data, assembled.view_spec
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    data = open_data(cfg)
     size = data.train.image_size
-    method, spec = build_method(cfg, size)
+    method = assembled.build_method()
     state, _ = load_latest_checkpoint(run, map_location="cpu")
     method.load_state_dict(state["model"])
     torch.manual_seed(cfg.train.seed)

@@ -27,7 +27,7 @@ PCL is timed after its warm-up epochs (clustering done, ProtoNCE on) when its cl
     python benchmarks/bench_step.py --device cuda --backbone resnet18 --set backbone_stem=cifar \\
         --amp bf16 --tag r18
     python benchmarks/bench_step.py --device cuda --backbone resnet50 --image-size 224 \\
-        --amp bf16 --method-set swav:method.n_local=6 \\
+        --amp bf16 \\
         --method-set swav:method.num_prototypes=3000 --n-images 3072 --tag r50   # SwAV as the paper
 """
 
@@ -52,11 +52,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_result  # noqa: E402
 
 from ssl_zoo import registry  # noqa: E402
+from ssl_zoo.assemble import Run, resolve  # noqa: E402
 from ssl_zoo.backbones import build_backbone  # noqa: E402
-from ssl_zoo.config import RunConfig, TrainConfig, build_run_config, to_dict  # noqa: E402
+from ssl_zoo.config import TrainConfig  # noqa: E402
 from ssl_zoo.data.views import ViewSpec, make_views  # noqa: E402
 from ssl_zoo.optim import build_optimizer, warmup_cosine  # noqa: E402
-from ssl_zoo.train import Trainer, amp_dtype, build_method, step_seed  # noqa: E402
+from ssl_zoo.train import Trainer, amp_dtype, step_seed  # noqa: E402
 
 METHODS = ("swav", "simclr", "moco", "pcl")
 NEW_FLAGS = ("compile", "channels_last", "cudnn_benchmark", "tf32")
@@ -98,25 +99,21 @@ def random_npz(folder: Path, size: int, n: int) -> Path:
     return path
 
 
-def run_config(args, method: str, dataset: str, fields: set[str]) -> RunConfig:
-    sets = [f"method={method}", f"dataset={dataset}", f"backbone={args.backbone}",
+def run_config(args, method: str, dataset: str, fields: set[str],
+               large: tuple[int, int] | None = None) -> Run:
+    """The assembled run of ``method``; with ``large`` = (source size, crop size) the crops of
+    the source's size are made ``crop size`` (SwAV at 256 px: 2x224 + 6x96)."""
+    sets = [f"dataset={dataset}", f"backbone={args.backbone}",
             f"train.batch_size={args.batch_size}", f"train.device={args.device}",
             "eval.enabled=false", "train.log_every_iters=1000000"]
     if args.amp:
         sets.append(f"train.amp={args.amp}")
     if args.compile and "compile" in fields:
         sets.append("train.compile=true")
+    if large:
+        sets.append(f"views.groups.0.size={large[1]}")
     mine = [kv.partition(":")[2] for kv in args.method_set if kv.partition(":")[0] == method]
-    return build_run_config({}, sets + list(args.set) + mine, method_fields)
-
-
-def large_views(cfg: RunConfig, source_size: int, crop_size: int) -> dict:
-    """The method's default view spec for ``source_size`` px images with every crop of the
-    source's size made ``crop_size`` (SwAV at 256 px: 2x224 + 6x96)."""
-    _, spec = build_method(cfg, source_size)
-    spec.groups = [dataclasses.replace(g, size=crop_size) if g.size == source_size else g
-                   for g in spec.groups]
-    return to_dict(spec)
+    return resolve({}, sets + list(args.set) + mine, method=method)
 
 
 def mirror_backend_flags(t: TrainConfig) -> None:
@@ -383,15 +380,14 @@ def profile_step(tr: Trainer, batches, steps: int, timing_steps: int) -> dict:
 # --------------------------------------------------------------------------------------------
 def bench_method(args, method: str, dataset: str, large: tuple[int, int] | None, fields,
                  tmp: Path, profile: bool) -> tuple[dict, dict | None]:
-    cfg = run_config(args, method, dataset, fields)
-    if large:
-        cfg.views = large_views(cfg, *large)
+    run = run_config(args, method, dataset, fields, large)
+    cfg = run.config
     dev = torch.device("cuda" if args.device.startswith("cuda") else args.device)
     if dev.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
         mirror_backend_flags(cfg.train)
-    tr = Trainer(cfg, tmp / method, console=None, show_progress=False)
+    tr = Trainer(run, tmp / method, console=None, show_progress=False)
     note = steady_state(tr, method)
     batches = batches_of(tr)
     batch = tr.cfg.train.batch_size
@@ -465,7 +461,7 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="more config overrides, e.g. backbone_stem=cifar")
     p.add_argument("--method-set", action="append", default=[], metavar="METHOD:KEY=VALUE",
-                   help="an override for one method only, e.g. swav:method.n_local=6")
+                   help="an override for one method only, e.g. swav:method.num_prototypes=3000")
     p.add_argument("--quick", action="store_true", help="2 short rounds: a check, not a figure")
     p.add_argument("--rounds", type=int, default=None)
     p.add_argument("--steps", type=int, default=None, help="timed steps per contender and round")
@@ -520,7 +516,7 @@ def main() -> None:
             print(f"  {method}: full step {row['full_step_images_per_s']:,.0f} img/s, backbone "
                   f"alone {row['backbone_only_images_per_s']:,.0f} ({row['ratio']:.2f}x), views "
                   f"{row['views_images_per_s']:,.0f}", flush=True)
-        cfg = run_config(args, methods[0], dataset, fields)
+        cfg = run_config(args, methods[0], dataset, fields, large).config
     flags = {k: getattr(cfg.train, k) for k in NEW_FLAGS if k in fields}
     stem = cfg.backbone_stem
     if profile and "groups" in profile:

@@ -45,7 +45,7 @@ def subset_npz(src: Path, n_train: int, out: Path) -> Path:
 def ours(npz: Path, epochs: int, n_local: int, out: Path, extra: list[str]) -> dict:
     cmd = [sys.executable, "-m", "ssl_zoo", "train", "--method", "swav", "--dataset",
            f"npz:{npz}", "--epochs", str(epochs), "--out", str(out), "--no-progress",
-           "--set", f"method.n_local={n_local}", "--set", "eval.linear=false",
+           "--set", f"views.groups.1.count={n_local}", "--set", "eval.linear=false",
            "--set", "eval.pictures=false", "--set", "eval.clustering=false",
            "--set", "eval.baseline=false", *extra]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
@@ -68,12 +68,14 @@ def lightly_child(npz: Path, epochs: int, n_local: int, cfg: dict) -> dict:
     from ssl_zoo.backbones import build_backbone
     from ssl_zoo.config import from_dict
     from ssl_zoo.data.sources import open_source
-    from ssl_zoo.data.views import CIFAR_MEAN, CIFAR_STD, ViewSpec
+    from ssl_zoo.data.views import ViewSpec
     from ssl_zoo.evaluation.features import extract_features
     from ssl_zoo.evaluation.run import knn_both
     from ssl_zoo.optim import warmup_cosine
 
     m, t = from_dict(SwAVConfig, cfg["method_config"]), cfg["train"]
+    views = cfg["views"]
+    strength = views["groups"][0]["brightness"] / 0.8  # the colour strength of our run
     k, eps = m.num_prototypes, m.epsilon
     torch.manual_seed(t["seed"])
     data = open_source(f"npz:{npz}")
@@ -81,9 +83,9 @@ def lightly_child(npz: Path, epochs: int, n_local: int, cfg: dict) -> dict:
 
     transform = SwaVTransform(
         crop_sizes=(32, 16), crop_counts=(2, n_local), crop_min_scales=(0.14, 0.05),
-        crop_max_scales=(1.0, 0.14), cj_prob=0.8, cj_strength=m.jitter_strength, cj_bright=0.8,
+        crop_max_scales=(1.0, 0.14), cj_prob=0.8, cj_strength=strength, cj_bright=0.8,
         cj_contrast=0.8, cj_sat=0.8, cj_hue=0.2, random_gray_scale=0.2, gaussian_blur=0.0,
-        normalize={"mean": list(CIFAR_MEAN), "std": list(CIFAR_STD)})
+        normalize={"mean": list(views["mean"]), "std": list(views["std"])})
 
     class Crops(Dataset):
         def __len__(self):
@@ -124,7 +126,7 @@ def lightly_child(npz: Path, epochs: int, n_local: int, cfg: dict) -> dict:
             seen += views[0].shape[0]
             losses.append(float(loss))
     wall = time.perf_counter() - start
-    spec = ViewSpec(mean=CIFAR_MEAN, std=CIFAR_STD)
+    spec = ViewSpec(mean=tuple(views["mean"]), std=tuple(views["std"]))
     common = dict(image_size=32, mean=spec.mean, std=spec.std, device=torch.device("cpu"))
     ftr = extract_features(backbone, data.train, **common)
     fte = extract_features(backbone, data.test, **common)

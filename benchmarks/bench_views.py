@@ -38,7 +38,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_result  # noqa: E402
 
-from ssl_zoo.data.views import ViewSpec, make_views, swav_views  # noqa: E402
+from ssl_zoo.data.views import ViewSpec, make_views, multi_crop  # noqa: E402
 
 LIGHTLY_WORKERS = 2
 """Default loader workers of the lightly side (``--lightly-workers``)."""
@@ -219,13 +219,14 @@ def main() -> None:
 
     cifar = demo_images()
     rows = [compare("32x32 (CIFAR-10 demo images)", "2x32 + 4x16", cifar,
-                    swav_views(32, n_local=4), 256, rounds, seconds, threads, gpu, workers)]
+                    multi_crop(32, 16, 4, (0.14, 1.0), (0.05, 0.14), 1.0, 0.0, 0.0), 256,
+                    rounds, seconds, threads, gpu, workers)]
     print(rows[-1], flush=True)
     big = torch.nn.functional.interpolate(cifar[:args.n_big].float(), size=256, mode="bilinear",
                                           align_corners=False, antialias=False)
     big = big.round_().clamp_(0, 255).to(torch.uint8)
     rows.append(compare("256x256 (demo images upsampled)", "2x224 + 6x96", big,
-                        swav_views(256, n_local=6, local_size=96, global_size=224), 32,
+                        multi_crop(224, 96, 6, (0.14, 1.0), (0.05, 0.14), 1.0, 0.5, 0.0), 32,
                         rounds, seconds, threads, gpu, workers))
     print(rows[-1], flush=True)
     write_result("views", {

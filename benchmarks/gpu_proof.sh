@@ -138,7 +138,7 @@ NOTE=""
 
 # ---- (c) the training step against the backbone alone ----------------------------------------
 # SwAV as the paper on ImageNet; K=3000 prototypes need >= 3000 images (SwAV's own check)
-SWAV_PAPER=(--method-set swav:method.n_local=6 --method-set swav:method.num_prototypes=3000
+SWAV_PAPER=(--method-set swav:method.num_prototypes=3000
             --n-images 3072)
 if [ "$DRY" = 0 ]; then
   step step_r18 170 "$PY" benchmarks/bench_step.py --device cuda --backbone resnet18 \

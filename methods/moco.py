@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssl_zoo.data.views import Views, ViewSpec, mocov2_views
+from ssl_zoo.data.views import Views, ViewSpec, two_crops
 from ssl_zoo.errors import ConfigError
 from ssl_zoo.method import Method, MethodConfig, StepOutput, TrainContext
 from ssl_zoo.modules.distributed import gather_nograd, get_rank, get_world_size
@@ -137,7 +137,7 @@ class MoCoConfig(MethodConfig):
         # queue_length keys (the reference asks for a multiple of the batch only to slice simply).
         if self.queue_length < 1:
             raise ConfigError(f"method.queue_length must be >= 1, got {self.queue_length}")
-        if self.queue_length >= dataset_size:
+        if 0 < dataset_size <= self.queue_length:  # 0: not known yet (a recipe)
             step = self.keys_per_step(batch_size)
             fit = (dataset_size - 1) // step * step
             hint = f"e.g. {fit}" if fit >= step else f"at most {dataset_size - 1}"
@@ -167,8 +167,18 @@ class MoCo(Method):
 
     @classmethod
     def default_views(cls, config: MoCoConfig, image_size: int) -> ViewSpec:
-        """Two crops with MoCo v2's augmentations (the ``mocov2`` preset)."""
-        return mocov2_views(image_size)
+        """Two crops as MoCo v2 (Chen et al. 2020b): area (0.2, 1), jitter (0.4, 0.4, 0.4, 0.1)
+        with p=0.8, grayscale 0.2, blur p=0.5 sigma (0.1, 2) at >= 96 px, its kernel not capped
+        at 10% of the crop (the official code's PIL blur, radius = sigma, has no cap)."""
+        return two_crops(image_size, (0.2, 1.0), 0.5, blur_p=0.0 if image_size < 96 else 0.5,
+                         blur_kernel_frac=0.0)
+
+    @classmethod
+    def check_views(cls, config: MoCoConfig, spec: ViewSpec) -> None:
+        """MoCo trains on exactly two crops per image (query and key)."""
+        if spec.num_crops != 2:
+            raise ConfigError(f"{cls.name} trains on exactly 2 crops per image, the view spec "
+                              f"has {spec.num_crops}; use one group of count 2")
 
     # --- encoders ---------------------------------------------------------------------------
     def query(self, x: torch.Tensor) -> torch.Tensor:

@@ -34,6 +34,7 @@ from torch import nn
 from methods.moco import MoCo, MoCoConfig
 from ssl_zoo.data.views import Views
 from ssl_zoo.errors import ConfigError
+from ssl_zoo.evaluation.faiss_utils import kmeans
 from ssl_zoo.method import StepOutput, TrainContext
 from ssl_zoo.modules.distributed import all_reduce_sum, get_rank, is_distributed
 
@@ -128,8 +129,6 @@ def run_kmeans(features: torch.Tensor, k: int, niter: int, seed: int, nredo: int
     As the reference: plain (not spherical) k-means on the unit-length embeddings; centroids are
     normalised only where they are used as prototypes.
     """
-    from ssl_zoo.evaluation.faiss_utils import kmeans
-
     centroids, assignments, _ = kmeans(features, k, niter=niter, seed=seed, nredo=nredo)
     return centroids.float().to(features.device), assignments.long().to(features.device)
 
@@ -166,7 +165,7 @@ class PCLConfig(MoCoConfig):
             raise ConfigError("method.num_clusters needs at least one cluster count, "
                               "e.g. [100, 250, 500]")
         for k in self.num_clusters:
-            if not 2 <= k < dataset_size:
+            if k < 2 or 0 < dataset_size <= k:  # dataset_size 0: not known yet
                 raise ConfigError(
                     f"method.num_clusters: {k} clusters is impossible for {dataset_size} images; "
                     f"use counts between 2 and {dataset_size - 1} (e.g. about "

@@ -18,7 +18,7 @@ differ from both:
   (the paper writes g(h) = W2 ReLU(W1 h)); ours has no learned scale (the official one has a
   learned scale, no shift); ``proj_output_batch_norm=False`` removes it.
 - CIFAR-size views follow the paper's CIFAR recipe (App. B.9: colour strength 0.5, no blur),
-  see :func:`ssl_zoo.data.views.simclr_views`.
+  see :meth:`SimCLR.default_views`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ssl_zoo.data.views import Views, ViewSpec, simclr_views
+from ssl_zoo.data.views import Views, ViewSpec, two_crops
 from ssl_zoo.errors import ConfigError
 from ssl_zoo.method import Method, MethodConfig, StepOutput
 from ssl_zoo.modules.distributed import gather_with_grad, get_rank
@@ -142,10 +142,14 @@ class SimCLR(Method):
 
     @classmethod
     def default_views(cls, config: SimCLRConfig, image_size: int) -> ViewSpec:
-        """Two global crops with SimCLR's augmentations (the ``simclr`` preset), plus optional
-        local crops with the same colour recipe; with local crops the global scale becomes
-        (0.14, 1) and the local one (0.05, 0.14), as SwAV's multi-crop (Sec. 3.2)."""
-        spec = simclr_views(image_size)
+        """Two crops as SimCLR (App. A): area (0.08, 1), colour strength 1, blur p=0.5 with a
+        kernel of 10% of the crop at ImageNet size; CIFAR-size images (<= 64 px) as the paper's
+        CIFAR recipe (App. B.9): strength 0.5, no blur. Optional local crops with the same
+        colour recipe; with them the global scale becomes (0.14, 1) and the local one
+        (0.05, 0.14), as SwAV's multi-crop (Sec. 3.2)."""
+        small = image_size <= 64
+        spec = two_crops(image_size, (0.08, 1.0), 0.5 if small else 1.0,
+                         blur_p=0.0 if image_size < 96 else 0.5, blur_kernel_frac=0.1)
         if config.num_local_crops > 0:
             glob = dataclasses.replace(spec.groups[0], scale=(0.14, 1.0))
             size = config.local_crop_size or max(1, image_size // 2)
@@ -153,6 +157,13 @@ class SimCLR(Method):
                                         scale=(0.05, 0.14))
             spec.groups = [glob, local]
         return spec
+
+    @classmethod
+    def check_views(cls, config: SimCLRConfig, spec: ViewSpec) -> None:
+        """Two global crops first (anchors and positives), local crops after them."""
+        if spec.num_crops < 2 or spec.groups[0].count < 2:
+            raise ConfigError("SimCLR needs 2 global crops first in the view spec (one group of "
+                              f"count >= 2), got counts {[g.count for g in spec.groups]}")
 
     def forward(self, views: Views) -> StepOutput:
         if len(views) < 2:

@@ -39,7 +39,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from ssl_zoo.data.views import Views, ViewSpec, swav_views
+from ssl_zoo.data.views import Views, ViewSpec, multi_crop
 from ssl_zoo.errors import ConfigError
 from ssl_zoo.method import Method, MethodConfig, StepOutput, TrainContext
 from ssl_zoo.modules import distributed as D
@@ -152,7 +152,8 @@ def swapped_prediction_loss(scores_per_crop: Sequence[torch.Tensor],
 class SwAVConfig(MethodConfig):
     """SwAV hyper-parameters. The defaults are for small scale (small ConvNet, 32-px images,
     batch 128, Adam), where SwAV learned only with few prototypes and a low epsilon (5,000
-    CIFAR-10 images, 30 epochs). The paper's ImageNet settings are in :data:`PRESETS`."""
+    CIFAR-10 images, 30 epochs). The paper's ImageNet settings are recipes:
+    ``recipes/swav/imagenet-bs4096.yaml`` and ``imagenet-bs256.yaml``."""
 
     # --- projection head and prototypes ---
     feat_dim: int = 128
@@ -195,20 +196,6 @@ class SwAVConfig(MethodConfig):
     queue_start_epoch: int = 3
     """First epoch (0-based) whose embeddings fill the queue; it is used once full (paper: 15)."""
 
-    # --- default views (multi-crop, Sec. 3.2) ---
-    n_local: int = 4
-    """Low-resolution crops besides the 2 global ones (paper: 6)."""
-    local_size: int = 0
-    """Size of the local crops in pixels; 0: half the image size (96 for images >= 192 px)."""
-    global_scale: tuple[float, float] = (0.14, 1.0)
-    """Area range of the global crops, as a fraction of the image (paper: 0.14-1)."""
-    local_scale: tuple[float, float] = (0.05, 0.14)
-    """Area range of the local crops (paper: 0.05-0.14)."""
-    jitter_strength: float = 0.5
-    """Colour-jitter strength s: brightness, contrast, saturation 0.8 s and hue 0.2 s. Paper
-    (ImageNet): 1, see PRESETS; 0.5 is SimCLR's CIFAR recipe and what learns at small scale here
-    (demo, 40 epochs: kNN k=20 0.403 against 0.346 with 1; random init 0.332)."""
-
     # --- collapse monitor ---
     collapse_patience_iters: int = 100
     """Warn once when the loss stays at ln K, or <= 2 prototypes are used, for this many
@@ -231,29 +218,16 @@ class SwAVConfig(MethodConfig):
                  f"cannot be filled equally; use at most {dataset_size} (30-100 work at "
                  f"small scale)")
         need(self.epsilon > 0, f"epsilon must be > 0 (paper: 0.05), got {self.epsilon}")
-        need(self.jitter_strength >= 0, f"jitter_strength must be >= 0 (paper: 1), got "
-                                         f"{self.jitter_strength}")
         need(self.temperature > 0, f"temperature must be > 0 (paper: 0.1), got "
                                    f"{self.temperature}")
         need(self.sinkhorn_iterations >= 1,
              f"sinkhorn_iterations must be >= 1 (paper: 3), got {self.sinkhorn_iterations}")
         for name in ("freeze_prototypes_iters", "hard_assignment_iters", "queue_start_epoch",
-                     "collapse_patience_iters", "n_local", "local_size"):
+                     "collapse_patience_iters"):
             need(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
-        n_crops = 2 + self.n_local
         need(len(self.crops_for_assign) >= 1, "crops_for_assign must name at least one crop")
         need(len(set(self.crops_for_assign)) == len(self.crops_for_assign),
              f"crops_for_assign has repeated crops: {tuple(self.crops_for_assign)}")
-        need(all(0 <= c < n_crops for c in self.crops_for_assign),
-             f"crops_for_assign {tuple(self.crops_for_assign)}: crop indices must be in "
-             f"0..{n_crops - 1} (2 global + {self.n_local} local crops); the paper uses (0, 1)")
-        need(self.local_size <= image_size,
-             f"local_size: {self.local_size}-px local crops of {image_size}-px images; use at "
-             f"most {image_size} (0: half the image size)")
-        for name in ("global_scale", "local_scale"):
-            lo, hi = getattr(self, name)
-            need(0 < lo <= hi <= 1, f"{name} must satisfy 0 < min <= max <= 1, got "
-                                    f"{getattr(self, name)}")
         need(self.queue_length >= 0, f"queue_length must be >= 0 (0: no queue), got "
                                      f"{self.queue_length}")
         rows = batch_size + self.queue_length
@@ -266,50 +240,6 @@ class SwAVConfig(MethodConfig):
                 f"(e.g. a multiple of {batch_size}), or use fewer prototypes.",
                 stacklevel=2,
             )
-
-
-# Paper settings (ResNet-50, ImageNet; official scripts swav_800ep_pretrain.sh and
-# swav_400ep_bs256_pretrain.sh). "method": SwAVConfig fields; "train": the trainer's TrainConfig
-# fields (batch_size per process; lr_per_256 = paper base lr x 256 / global batch, so the peak lr
-# is the paper's; final_lr_ratio = final lr / base lr; the official warm-up starts at 0.3, ours at
-# 0); "run": other RunConfig fields; "processes": GPUs the paper used (global batch = batch_size x
-# processes). The paper's fp16 (apex O1) is our amp "auto" (bf16 on CUDA).
-_PAPER_METHOD = {
-    "num_prototypes": 3000, "epsilon": 0.05, "sinkhorn_iterations": 3, "temperature": 0.1,
-    "feat_dim": 128, "hidden_dim": 2048, "n_local": 6, "local_size": 96,
-    "crops_for_assign": (0, 1), "global_scale": (0.14, 1.0), "local_scale": (0.05, 0.14),
-    "jitter_strength": 1.0,
-}
-_PAPER_TRAIN = {
-    "optimizer": "lars", "final_lr_ratio": 0.001, "weight_decay": 1e-6, "momentum": 0.9,
-    "lars_eta": 0.001, "batch_size": 64, "amp": "auto", "sync_bn": True,
-    "exclude_norm_and_bias": False,  # apex LARC on every parameter, as the official code
-}
-PRESETS: dict[str, dict[str, Any]] = {
-    "imagenet-bs4096": {  # 800 epochs, 64 GPUs x 64 images, LARS base lr 4.8
-        "method": {**_PAPER_METHOD, "queue_length": 0, "freeze_prototypes_iters": 313},
-        "train": {**_PAPER_TRAIN, "lr_per_256": 4.8 * 256 / 4096, "warmup_epochs": 10,
-                  "epochs": 800},
-        "run": {"backbone": "resnet50", "image_size": 224},
-        "processes": 64,
-    },
-    "imagenet-bs256": {  # 400 epochs, 4 GPUs x 64 images, base lr 0.6, queue from epoch 15
-        "method": {**_PAPER_METHOD, "queue_length": 3840, "queue_start_epoch": 15,
-                   "freeze_prototypes_iters": 5005},
-        "train": {**_PAPER_TRAIN, "lr_per_256": 0.6, "warmup_epochs": 0, "epochs": 400},
-        "run": {"backbone": "resnet50", "image_size": 224},
-        "processes": 4,
-    },
-    # measured to learn on 2 CPU cores: 5,000 CIFAR-10 images, small ConvNet, 30 epochs,
-    # kNN top-1 0.399 against 0.362 at random initialisation
-    "cpu-small": {
-        "method": {"num_prototypes": 100, "epsilon": 0.03, "n_local": 4, "queue_length": 0,
-                   "jitter_strength": 0.5},
-        "train": {"optimizer": "adam", "lr_per_256": 2e-3, "batch_size": 128, "epochs": 30},
-        "run": {"backbone": "convnet"},
-        "processes": 1,
-    },
-}
 
 
 # --------------------------------------------------------------------------------------------
@@ -356,12 +286,32 @@ class SwAV(Method):
 
     @classmethod
     def default_views(cls, config: SwAVConfig, image_size: int) -> ViewSpec:
-        """2 global crops at ``image_size`` + ``n_local`` local crops (multi-crop, Sec. 3.2)."""
-        return swav_views(image_size, n_local=config.n_local,
-                          local_size=config.local_size or None,
-                          global_scale=tuple(config.global_scale),
-                          local_scale=tuple(config.local_scale),
-                          jitter_strength=config.jitter_strength)
+        """Multi-crop (Sec. 3.2), scales (0.14, 1) and (0.05, 0.14) as the official code.
+
+        ImageNet-size images (>= 192 px): 2 x ``image_size`` + 6 x 96, colour strength 1 and
+        blur p=0.5, as the paper (its blur kernel not capped at 10% of the crop: the official
+        code's PIL blur has no such cap). Smaller images: 2 x image size + 4 x half of it, no
+        blur, colour strength 1 above 64 px and 0.5 at CIFAR size (SimCLR's CIFAR recipe; what
+        learned here: demo, 40 epochs, kNN k=20 0.403 against 0.346 with 1, random init 0.332).
+        Crops are changed through ``views.*`` (``--set views.groups.1.count=6``; a count of 0
+        leaves the local crops out).
+        """
+        large = image_size >= 192
+        return multi_crop(
+            global_size=image_size, local_size=96 if large else max(1, image_size // 2),
+            n_local=6 if large else 4, global_scale=(0.14, 1.0), local_scale=(0.05, 0.14),
+            strength=1.0 if image_size > 64 else 0.5, blur_p=0.5 if image_size >= 96 else 0.0,
+            blur_kernel_frac=0.0)
+
+    @classmethod
+    def check_views(cls, config: SwAVConfig, spec: ViewSpec) -> None:
+        """The assigned crops must exist in the view spec."""
+        n = spec.num_crops
+        if n < 2 or any(not 0 <= c < n for c in config.crops_for_assign):
+            raise ConfigError(
+                f"method.crops_for_assign {tuple(config.crops_for_assign)}: crop indices must be "
+                f"in 0..{n - 1} for the {n} crops of the view spec (need >= 2 crops); the paper "
+                f"uses (0, 1), the two global crops")
 
     # --- pieces ---------------------------------------------------------------------------------
     def embed(self, features: torch.Tensor) -> torch.Tensor:

@@ -11,17 +11,23 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
-from ssl_zoo.errors import ConfigError, UserError
+from rich.table import Table
+
+from ssl_zoo import assemble, registry
+from ssl_zoo.checkpoint import load_latest_checkpoint, safe_load
+from ssl_zoo.compare import plan, run_compare
+from ssl_zoo.errors import UserError
+from ssl_zoo.evaluation.run import RunEvaluation, evaluate_backbone
+from ssl_zoo.export import export_backbone
+from ssl_zoo.report import make_console, print_eval, print_train_summary
+from ssl_zoo.train import Trainer
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 
 def _console():
-    from ssl_zoo.report import make_console
-
     return make_console()
 
 
@@ -32,7 +38,9 @@ def _add_run_args(p: argparse.ArgumentParser, with_method: bool = True) -> None:
     p.add_argument("--backbone", help="convnet, resnet18, resnet50, or a torchvision model name")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int, help="images per step on each process")
-    p.add_argument("--config", help="YAML or JSON file with config fields")
+    p.add_argument("--config", action="append", default=[],
+                   help="YAML or JSON file with config fields, e.g. a recipe from recipes/ "
+                        "(repeatable: later files win)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any field, e.g. --set method.num_prototypes=30 "
                         "--set train.lr_per_256=1e-3 (repeatable)")
@@ -46,6 +54,8 @@ def _add_run_args(p: argparse.ArgumentParser, with_method: bool = True) -> None:
     p.add_argument("--skip-nonfinite", type=int, metavar="N",
                    help="skip up to N steps with a non-finite loss before stopping")
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation at the end")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the resolved config and view spec, then exit (writes nothing)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,20 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # --------------------------------------------------------------------------------------------
-# config assembly
+# arguments -> assemble
 # --------------------------------------------------------------------------------------------
-def _method_fields(name: str) -> set[str]:
-    from ssl_zoo import registry
-
-    return set(registry.get_method(name).config_fields())
-
-
-def _flag_overrides(args: argparse.Namespace) -> list[str]:
+def _flag_sets(args: argparse.Namespace) -> list[str]:
     """The explicit command-line flags as ``--set`` assignments (flags win over --config)."""
     sets: list[str] = []
-    simple = {"method": "method", "dataset": "dataset", "backbone": "backbone",
-              "epochs": "train.epochs", "batch_size": "train.batch_size", "seed": "train.seed",
-              "device": "train.device", "data_root": "data_root", "download": "download",
+    simple = {"dataset": "dataset", "backbone": "backbone", "epochs": "train.epochs",
+              "batch_size": "train.batch_size", "seed": "train.seed", "device": "train.device",
+              "data_root": "data_root", "download": "download",
               "skip_bad_images": "skip_bad_images", "skip_nonfinite": "train.skip_nonfinite"}
     for attr, key in simple.items():
         value = getattr(args, attr, None)
@@ -104,71 +108,49 @@ def _flag_overrides(args: argparse.Namespace) -> list[str]:
             sets.append(f"{key}={json.dumps(value) if not isinstance(value, str) else value}")
     if getattr(args, "no_eval", False):
         sets.append("eval.enabled=false")
-    return sets
+    return sets + list(args.set)
 
 
-def assemble_config(args: argparse.Namespace, base: dict[str, Any] | None = None):
-    from ssl_zoo.config import build_run_config, load_config_file
-
-    data = dict(base or {})
-    if getattr(args, "config", None):
-        data.update(load_config_file(args.config))
-    sets = _flag_overrides(args) + list(args.set)
-    return build_run_config(data, sets, _method_fields)
-
-
-def _saved_config(saved: dict[str, Any]) -> dict[str, Any]:
-    """A run's config.json with fields added since it was written at their defaults, so a
-    newer ssl-zoo resumes an older run (a new field's default keeps the old behaviour)."""
-    from ssl_zoo.config import RunConfig, from_dict, to_dict
-
-    return to_dict(from_dict(RunConfig, saved))
-
-
-def _diff_configs(a: dict, b: dict, prefix: str = "") -> list[str]:
-    out = []
-    for k in sorted(set(a) | set(b)):
-        va, vb = a.get(k), b.get(k)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out += _diff_configs(va, vb, f"{prefix}{k}.")
-        elif va != vb:
-            out.append(f"{prefix}{k} ({va!r} -> {vb!r})")
-    return out
+def _print_resolved(console, runs: list[assemble.Run]) -> None:
+    """What --dry-run shows: each run's effective config, view spec included."""
+    for run in runs:
+        console.print(f"[bold]{run.config.method}[/]: resolved config ({run.image_size}-px "
+                      f"images, {run.view_spec.num_crops} crops per image)")
+        console.print_json(json.dumps(run.summary(), sort_keys=True))
 
 
 # --------------------------------------------------------------------------------------------
 # commands
 # --------------------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
-    from ssl_zoo.config import to_dict
-
-    if args.nproc and args.nproc > 1 and "LOCAL_RANK" not in os.environ:
+    if args.nproc and args.nproc > 1 and "LOCAL_RANK" not in os.environ and not args.dry_run:
         return _launch_distributed(args)
     console = _console()
+    sets = _flag_sets(args)
     if args.resume:
         run_dir = Path(args.resume)
-        saved_path = run_dir / "config.json"
-        if not saved_path.is_file():
-            raise UserError(f"--resume {run_dir}: no config.json there; is it a run directory?")
-        saved = json.loads(saved_path.read_text())
-        cfg = assemble_config(args, base=saved)
-        diff = _diff_configs(_saved_config(saved), to_dict(cfg))
-        if diff:
-            raise ConfigError(f"--resume {run_dir} was made with a different config: "
-                              + ", ".join(diff))
         if args.out and Path(args.out).resolve() != run_dir.resolve():
             raise UserError("--out and --resume name different directories; use one")
+        if args.method or args.config:
+            raise UserError("--resume continues a run as it was made; drop --method/--config")
+        run = assemble.resume(run_dir, sets, open_data=None if args.dry_run else True)
     else:
-        cfg = assemble_config(args)
+        run = assemble.resolve(assemble.load_files(args.config), sets, method=args.method,
+                               open_data=None if args.dry_run else True)
+        cfg = run.config
         run_dir = Path(args.out or f"runs/{Path(cfg.method).stem}-{cfg.dataset.split(':')[0]}")
-        if (run_dir / "checkpoints").exists() and any((run_dir / "checkpoints").iterdir()):
+        if (run_dir / "checkpoints").exists() and any((run_dir / "checkpoints").iterdir()) \
+                and not args.dry_run:
             raise UserError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
                             "or choose another --out")
-    from ssl_zoo.report import print_train_summary
-    from ssl_zoo.train import Trainer
-
-    trainer = Trainer(cfg, run_dir, resume=bool(args.resume), console=console,
-                      show_progress=not args.no_progress)
+    if args.dry_run:
+        _print_resolved(console, [run])
+        return 0
+    cfg = run.config
+    evaluation = RunEvaluation(run.data, run.view_spec, cfg, run_dir, console=console,
+                               show=lambda result: print_eval(console, result))
+    trainer = Trainer(run, run_dir, resume=bool(args.resume), console=console,
+                      show_progress=not args.no_progress, evaluation=evaluation)
     if trainer.is_main:
         console.print(f"[bold]ssl-zoo[/] {cfg.method} on {cfg.dataset} "
                       f"({len(trainer.data.train)} images, {trainer.image_size}px), backbone "
@@ -211,10 +193,6 @@ def _launch_distributed(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from rich.table import Table
-
-    from ssl_zoo import registry
-
     console = _console()
     for title, items in (("methods", registry.list_methods()),
                          ("backbones", registry.list_backbones()),
@@ -229,26 +207,56 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from ssl_zoo.evaluation.run import evaluate_target
-
-    evaluate_target(args.target, dataset=args.dataset, data_root=args.data_root,
-                    device=args.device, sets=args.set, console=_console())
+    """``ssl-zoo eval RUN_DIR_OR_CHECKPOINT``: rebuild the method from its checkpoint and
+    evaluate it (on its own data, or ``--dataset``)."""
+    console = _console()
+    path = Path(args.target)
+    if path.is_dir():
+        state, ckpt = load_latest_checkpoint(path, warn=console.print)
+        run_dir = path
+    elif path.is_file():
+        state, ckpt = safe_load(path), path
+        run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    else:
+        raise UserError(f"{args.target}: no such run directory or checkpoint")
+    sets = list(args.set)
+    if args.dataset:
+        sets.append(f"dataset={args.dataset}")
+    if args.data_root:
+        sets.append(f"data_root={args.data_root}")
+    try:
+        run = assemble.from_checkpoint(state, sets)
+    except UserError as exc:
+        raise UserError(f"{ckpt}: {exc}") from None
+    device = assemble.resolve_device(args.device)
+    method = run.build_method()
+    method.load_state_dict(state["model"])
+    method.to(device)
+    saved_dataset = json.loads(state["config"])["dataset"]
+    name = "eval" if run.config.dataset == saved_dataset else (
+        "eval_" + "".join(c if c.isalnum() else "_" for c in run.config.dataset))
+    evaluate_backbone(method, run.data, run.view_spec, device, run.config, out_dir=run_dir,
+                      checkpoint_key=f"{Path(ckpt).resolve()}@{state.get('step')}",
+                      console=console, eval_name=name,
+                      show=lambda result: print_eval(console, result))
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from ssl_zoo.compare import run_compare
-
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not methods:
         raise UserError("--methods: give at least one method name")
-    run_compare(methods, args, console=_console())
+    console = _console()
+    runs = plan(methods, assemble.load_files(args.config), _flag_sets(args),
+                open_data=None if args.dry_run else True)
+    if args.dry_run:
+        _print_resolved(console, runs)
+        return 0
+    run_compare(runs, args.out, console)
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ssl_zoo.export import export_backbone
-
     path = export_backbone(args.run_dir, args.out)
     _console().print(f"wrote {path} (and {path}.json with the architecture)")
     return 0

@@ -12,26 +12,42 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ssl_zoo.config import to_dict
+from ssl_zoo import registry
+from ssl_zoo.assemble import Run, config_differences, resolve
 from ssl_zoo.errors import ConfigError, UserError
-from ssl_zoo.report import fmt
+from ssl_zoo.evaluation import plots
+from ssl_zoo.evaluation.results import headline, metric
+from ssl_zoo.evaluation.run import RunEvaluation
+from ssl_zoo.report import print_comparison
+from ssl_zoo.train import Trainer
 
 
-def _run_one(method: str, args, out: Path, console) -> dict[str, Any]:
-    from ssl_zoo.cli import _diff_configs, _saved_config, assemble_config
-    from ssl_zoo.train import Trainer
+def plan(methods: list[str], base: dict[str, Any], sets: list[str],
+         open_data: bool | None = True) -> list[Run]:
+    """Each method's run under the shared budget (kNN every epoch unless set otherwise)."""
+    for m in methods:  # fail fast on a typo, before hours of training
+        registry.get_method(m)
+    if len(set(methods)) != len(methods):
+        raise UserError("--methods: a method is named twice")
+    extra = [] if any(s.startswith(("train.eval_every_epochs", "eval_every_epochs"))
+                      for s in sets) else ["train.eval_every_epochs=1"]
+    return [resolve(base, [*sets, *extra], method=m, open_data=open_data) for m in methods]
 
-    args.method = method
-    cfg = assemble_config(args)
-    if not any(s.startswith(("train.eval_every_epochs", "eval_every_epochs")) for s in args.set):
-        cfg.train.eval_every_epochs = 1
-    run_dir = out / Path(method).stem.replace(":", "_")
+
+def run_dir_of(out: Path, method: str) -> Path:
+    return out / Path(method).stem.replace(":", "_")
+
+
+def _run_one(run: Run, out: Path, console, show_progress: bool) -> dict[str, Any]:
+    method = run.config.method
+    cfg = run.config
+    run_dir = run_dir_of(out, method)
     summary_path, eval_path = run_dir / "train_summary.json", run_dir / "eval.json"
     saved = run_dir / "config.json"
     resume = (run_dir / "checkpoints" / "last.pt").exists() or (
         run_dir / "checkpoints" / "prev.pt").exists()
     if resume and saved.is_file():
-        diff = _diff_configs(_saved_config(json.loads(saved.read_text())), to_dict(cfg))
+        diff = config_differences(json.loads(saved.read_text()), run.summary())
         if diff:
             raise ConfigError(f"{run_dir} holds a run with a different config ({', '.join(diff)});"
                               " use another --out to compare under a new budget")
@@ -39,8 +55,9 @@ def _run_one(method: str, args, out: Path, console) -> dict[str, Any]:
         console.print(f"[dim]{method}: finished run found in {run_dir}, not retrained[/]")
     else:
         console.print(f"[bold]{method}[/] -> {run_dir}" + (" (resuming)" if resume else ""))
-        trainer = Trainer(cfg, run_dir, resume=resume, console=console)
-        trainer.fit()
+        evaluation = RunEvaluation(run.data, run.view_spec, cfg, run_dir, console=console)
+        Trainer(run, run_dir, resume=resume, console=console, evaluation=evaluation,
+                show_progress=show_progress).fit()
     summary = json.loads(summary_path.read_text())
     evaluation = json.loads(eval_path.read_text()) if eval_path.is_file() else {}
     curve = []
@@ -48,24 +65,19 @@ def _run_one(method: str, args, out: Path, console) -> dict[str, Any]:
         rec = json.loads(line)
         if "knn_top1" in rec:
             curve.append((rec["epoch"], rec["knn_top1"]))
-    final_knn = ((evaluation.get("knn") or {}).get("k20_t0.07") or {}).get("top1")
+    final_knn = metric(evaluation, "knn_k20")
     if final_knn is not None:
         curve.append((summary["epochs"], final_knn))
     return {"method": method, "run_dir": str(run_dir), "train": summary, "eval": evaluation,
-            "knn_per_epoch": curve, "config": to_dict(cfg)}
+            "knn_per_epoch": curve, "config": run.summary()}
 
 
-def run_compare(methods: list[str], args, console) -> dict[str, Any]:
-    """Train + evaluate each method; write comparison.json, a table and PNG charts."""
-    from ssl_zoo import registry
-
-    for m in methods:  # fail fast on a typo, before hours of training
-        registry.get_method(m)
-    if len(set(methods)) != len(methods):
-        raise UserError("--methods: a method is named twice")
-    out = Path(args.out)
+def run_compare(runs: list[Run], out: str | Path, console, show_progress: bool = True
+                ) -> dict[str, Any]:
+    """Train + evaluate each planned run; write comparison.json, a table and PNG charts."""
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = [_run_one(m, args, out, console) for m in methods]
+    rows = [_run_one(r, out, console, show_progress) for r in runs]
     baseline = next((r["eval"].get("random_init") for r in rows if r["eval"].get("random_init")),
                     None)
     result = {"methods": rows, "random_init": baseline,
@@ -78,41 +90,7 @@ def run_compare(methods: list[str], args, console) -> dict[str, Any]:
     return result
 
 
-def headline(ev: dict[str, Any]) -> dict[str, float | None]:
-    """The numbers a comparison shows for one evaluation dict."""
-    knn = ev.get("knn") or {}
-    return {
-        "knn_k20": (knn.get("k20_t0.07") or {}).get("top1"),
-        "knn_k200": (knn.get("k200_t0.1") or {}).get("top1"),
-        "linear": (ev.get("linear") or {}).get("test_top1"),
-        "nmi": (ev.get("clustering") or {}).get("nmi"),
-    }
-
-
-def print_comparison(console, result: dict[str, Any]) -> None:
-    from rich.table import Table
-
-    b = result["budget"]
-    table = Table(title=f"{b['dataset']}, {b['backbone']}, {b['epochs']} epochs, batch "
-                        f"{b['batch_size']}, seed {b['seed']}", title_justify="left")
-    for col in ("method", "kNN k=20 T=0.07", "kNN k=200 T=0.1", "linear", "NMI", "images/s",
-                "peak MiB", "wall s"):
-        table.add_column(col, justify="left" if col == "method" else "right")
-    if result.get("random_init"):
-        h = headline(result["random_init"])
-        table.add_row("random init", fmt(h["knn_k20"]), fmt(h["knn_k200"]), fmt(h["linear"]),
-                      fmt(h["nmi"]), "-", "-", "-", style="dim")
-    for r in result["methods"]:
-        h, t = headline(r["eval"]), r["train"]
-        table.add_row(r["method"], fmt(h["knn_k20"]), fmt(h["knn_k200"]), fmt(h["linear"]),
-                      fmt(h["nmi"]), fmt(t["images_per_s"], 0), fmt(t["peak_memory_mb"], 0),
-                      fmt(t["wall_s"], 0))
-    console.print(table)
-
-
 def comparison_charts(result: dict[str, Any], out: Path) -> list[Path]:
-    from ssl_zoo.evaluation import plots
-
     curves = {r["method"]: r["knn_per_epoch"] for r in result["methods"] if r["knn_per_epoch"]}
     finals = {r["method"]: headline(r["eval"]) for r in result["methods"]}
     if result.get("random_init"):

@@ -335,22 +335,6 @@ def apply_override(data: dict[str, Any], assignment: str, method_fields: set[str
         node[last] = value
 
 
-def build_run_config(base: dict[str, Any], sets: list[str], method_fields_of) -> RunConfig:
-    """Merge a file's dict with ``--set`` overrides into a validated :class:`RunConfig`.
-
-    ``method_fields_of(name)`` returns the set of config field names of method ``name``.
-    """
-    data = json.loads(json.dumps(base))  # deep copy of plain data
-    method_name = data.get("method", RunConfig.method)
-    for s in sets:
-        if s.startswith("method="):
-            method_name = _parse_scalar(s.partition("=")[2])
-    fields = method_fields_of(str(method_name))
-    for s in sets:
-        apply_override(data, s, fields)
-    return from_dict(RunConfig, data)
-
-
 def validate_run_config(cfg: RunConfig) -> None:
     """Impossible values of the framework's own fields, each as a one-line ConfigError."""
     t = cfg.train

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ssl_zoo.backbones import build_backbone
 from ssl_zoo.checkpoint import atomic_torch_save, load_latest_checkpoint, safe_load
 from ssl_zoo.errors import UserError
 
@@ -58,8 +59,6 @@ def _image_size(cfg: dict, run_dir: Path) -> int:
 
 def load_backbone(path: str | Path) -> nn.Module:
     """The backbone module of an exported file (architecture from ``path.json``), in eval mode."""
-    from ssl_zoo.backbones import build_backbone
-
     path = Path(path)
     meta_path = Path(f"{path}.json")
     if not meta_path.is_file():

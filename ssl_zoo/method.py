@@ -64,10 +64,6 @@ class TrainContext:
     on the device, and a method must take nothing from the step into its state (mask queue
     writes and momentum updates with it). Never read it on the host. None: the step was good."""
 
-    @property
-    def epochs(self) -> int:
-        return max(1, self.total_steps // max(1, self.steps_per_epoch))
-
 
 class Method(nn.Module):
     """Base class of all methods.
@@ -93,6 +89,10 @@ class Method(nn.Module):
     def default_views(cls, config: MethodConfig, image_size: int) -> ViewSpec:
         """The crops this method trains on by default, for images of ``image_size`` pixels."""
         raise NotImplementedError
+
+    @classmethod
+    def check_views(cls, config: MethodConfig, spec: ViewSpec) -> None:
+        """Raise ConfigError if the method cannot train on ``spec`` (e.g. too few crops)."""
 
     def forward(self, views: Views) -> StepOutput:  # pragma: no cover - abstract
         """One training step's loss from the augmented views (crops in view-spec order)."""

@@ -16,6 +16,8 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+from ssl_zoo.backbones import BACKBONES
+from ssl_zoo.data.sources import SOURCES
 from ssl_zoo.errors import UserError, suggest
 from ssl_zoo.method import Method
 
@@ -119,12 +121,8 @@ def list_methods() -> dict[str, str]:
 
 
 def list_backbones() -> dict[str, str]:
-    from ssl_zoo.backbones import BACKBONES
-
     return {name: desc for name, (_, desc) in sorted(BACKBONES.items())}
 
 
 def list_datasets() -> dict[str, str]:
-    from ssl_zoo.data.sources import SOURCES
-
     return {name: desc for name, (_, desc) in sorted(SOURCES.items())}

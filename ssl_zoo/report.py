@@ -6,7 +6,16 @@ import math
 from typing import Any
 
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
+
+from ssl_zoo.evaluation.results import HEADLINE_LABELS, KNN_PROTOCOL_TEXT, headline, metric
 
 LOG_WIDTH = 1000
 """Console width when the output is not a terminal: wide enough that a table fits its content."""
@@ -56,17 +65,65 @@ def print_train_summary(console, cfg, result) -> None:
 def eval_rows(ev: dict[str, Any]) -> list[tuple[str, str]]:
     """(value, label) rows for the headline evaluation numbers, with the random-init floor."""
     rows = []
-    base = ev.get("random_init", {}) or {}
-    for proto in ("k20_t0.07", "k200_t0.1"):
-        knn = (ev.get("knn") or {}).get(proto)
-        if knn:
-            floor = ((base.get("knn") or {}).get(proto) or {}).get("top1")
-            extra = f" (random init {fmt(floor)})" if floor is not None else ""
-            rows.append((f"{fmt(knn['top1'])}{extra}", f"kNN top-1 {proto}"))
-    lin = ev.get("linear")
-    if lin:
-        rows.append((fmt(lin.get("test_top1")), "linear probe top-1"))
-    clu = ev.get("clustering")
-    if clu:
-        rows.append((fmt(clu.get("nmi")), "k-means NMI"))
+    ours, floor = headline(ev), headline(ev.get("random_init"))
+    for name, value in ours.items():
+        if value is not None:
+            extra = f" (random init {fmt(floor[name])})" if floor[name] is not None else ""
+            rows.append((f"{fmt(value)}{extra}", HEADLINE_LABELS[name]))
     return rows
+
+
+def print_eval(console, result: dict[str, Any]) -> None:
+    """The table ``ssl-zoo eval`` and the end of training show."""
+    table = Table(title=f"evaluation: {result['method']} / {result['backbone']} on "
+                        f"{result['dataset']}", title_justify="left")
+    table.add_column("metric", style="bold")
+    table.add_column("trained", justify="right")
+    table.add_column("random init", justify="right")
+    base = result.get("random_init") or {}
+    for proto in KNN_PROTOCOL_TEXT:
+        got = (result.get("knn") or {}).get(proto)
+        if got:
+            b = (base.get("knn") or {}).get(proto) or {}
+            table.add_row(f"kNN {proto} top-1", fmt(got["top1"]), fmt(b.get("top1")))
+            table.add_row(f"kNN {proto} top-5", fmt(got["top5"]), fmt(b.get("top5")))
+    if result.get("linear"):
+        table.add_row("linear probe top-1", fmt(metric(result, "linear")),
+                      fmt(metric(base, "linear")))
+    if result.get("clustering"):
+        for k in ("nmi", "ari", "purity"):
+            table.add_row(f"k-means {k.upper()}", fmt(result["clustering"][k]),
+                          fmt((base.get("clustering") or {}).get(k)))
+    if result.get("method_clusters"):
+        for k in ("nmi", "ari", "purity"):
+            table.add_row(f"method clusters {k.upper()}", fmt(result["method_clusters"][k]), "-")
+    console.print(table)
+
+
+def training_progress(console) -> Progress:
+    """The trainer's progress bar: one line per epoch with loss, lr and images/s."""
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("lr {task.fields[lr]:.2e}"),
+        TextColumn("{task.fields[ips]:.0f} img/s"), TimeRemainingColumn(),
+        console=console, transient=False,
+    )
+
+
+def print_comparison(console, result: dict[str, Any]) -> None:
+    b = result["budget"]
+    table = Table(title=f"{b['dataset']}, {b['backbone']}, {b['epochs']} epochs, batch "
+                        f"{b['batch_size']}, seed {b['seed']}", title_justify="left")
+    for col in ("method", "kNN k=20 T=0.07", "kNN k=200 T=0.1", "linear", "NMI", "images/s",
+                "peak MiB", "wall s"):
+        table.add_column(col, justify="left" if col == "method" else "right")
+    if result.get("random_init"):
+        h = headline(result["random_init"])
+        table.add_row("random init", fmt(h["knn_k20"]), fmt(h["knn_k200"]), fmt(h["linear"]),
+                      fmt(h["nmi"]), "-", "-", "-", style="dim")
+    for r in result["methods"]:
+        h, t = headline(r["eval"]), r["train"]
+        table.add_row(r["method"], fmt(h["knn_k20"]), fmt(h["knn_k200"]), fmt(h["linear"]),
+                      fmt(h["nmi"]), fmt(t["images_per_s"], 0), fmt(t["peak_memory_mb"], 0),
+                      fmt(t["wall_s"], 0))
+    console.print(table)

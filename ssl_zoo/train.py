@@ -25,24 +25,17 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ssl_zoo import registry
-from ssl_zoo.backbones import build_backbone
+from ssl_zoo.assemble import Run, resolve_device
 from ssl_zoo.checkpoint import NAMES as CHECKPOINT_NAMES
 from ssl_zoo.checkpoint import load_latest_checkpoint, save_checkpoint
-from ssl_zoo.config import (
-    RunConfig,
-    to_dict,
-    validate_run_config,
-    validate_view_spec,
-    view_spec_from_dict,
-)
+from ssl_zoo.config import to_dict
 from ssl_zoo.data.loader import BatchLoader
-from ssl_zoo.data.sources import DataSplits, open_source
-from ssl_zoo.data.views import Views, ViewSpec, eval_view, make_views
-from ssl_zoo.errors import ConfigError, UserError
+from ssl_zoo.data.views import Views, eval_view, make_views
+from ssl_zoo.errors import UserError
 from ssl_zoo.method import Method, TrainContext
 from ssl_zoo.modules import distributed as D
 from ssl_zoo.optim import build_optimizer, warmup_cosine
+from ssl_zoo.report import training_progress
 from ssl_zoo.runlog import RunLogger
 
 
@@ -79,20 +72,6 @@ def init_distributed(device_pref: str) -> tuple[int, int, torch.device]:
     return D.get_rank(), D.get_world_size(), device
 
 
-def resolve_device(pref: str, local_rank: int = 0) -> torch.device:
-    if pref == "auto":
-        pref = "cuda" if torch.cuda.is_available() else "cpu"
-    if pref.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError("train.device: CUDA was asked for but no GPU is available")
-        if pref == "cuda":
-            return torch.device("cuda", local_rank % torch.cuda.device_count())
-    try:
-        return torch.device(pref)
-    except RuntimeError:
-        raise ConfigError(f"train.device: unknown device {pref!r}") from None
-
-
 def step_seed(seed: int, step: int, rank: int) -> int:
     """A well-mixed 63-bit seed for one iteration of one rank."""
     state = np.random.SeedSequence([seed, step, rank]).generate_state(2, dtype=np.uint32)
@@ -107,31 +86,6 @@ def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
     if mode == "fp16":
         return torch.float16
     return torch.bfloat16  # auto and bf16
-
-
-def open_data(cfg: RunConfig) -> DataSplits:
-    return open_source(cfg.dataset, data_root=cfg.data_root or None, download=cfg.download,
-                       image_size=cfg.image_size or None, skip_bad_images=cfg.skip_bad_images)
-
-
-def build_method(cfg: RunConfig, image_size: int, global_batch: int = 0,
-                 dataset_size: int = 0) -> tuple[Method, ViewSpec]:
-    """The method (with its backbone) and the view spec the run trains on.
-
-    With ``global_batch`` the method's config is validated against the run first, so a user
-    sees the method's own message (it names the method field) before any derived one.
-    """
-    cls = registry.get_method(cfg.method)
-    from ssl_zoo.config import from_dict
-
-    mcfg = from_dict(cls.Config, cfg.method_config, "method")
-    if global_batch:
-        mcfg.validate(image_size, global_batch, dataset_size)
-    backbone, dim = build_backbone(cfg.backbone, stem=cfg.backbone_stem, image_size=image_size)
-    method = cls(backbone, dim, mcfg)
-    spec = view_spec_from_dict(cfg.views) if cfg.views else cls.default_views(mcfg, image_size)
-    validate_view_spec(spec, image_size)
-    return method, spec
 
 
 def compile_modules(method: Method) -> None:
@@ -179,12 +133,19 @@ def _jsonable(v: Any) -> Any:
 # the trainer
 # --------------------------------------------------------------------------------------------
 class Trainer:
-    """Trains one method on one dataset as ``RunConfig`` says, writing into ``run_dir``."""
+    """Trains an assembled :class:`~ssl_zoo.assemble.Run`, writing into ``run_dir``.
 
-    def __init__(self, cfg: RunConfig, run_dir: str | Path, *, resume: bool = False,
-                 console=None, show_progress: bool = True):
-        validate_run_config(cfg)
+    Evaluation comes in as a callback (``evaluation``: an object with ``periodic(backbone,
+    device) -> dict`` and ``final(method, device, step) -> dict``, as
+    :class:`ssl_zoo.evaluation.run.RunEvaluation`), so the loop knows nothing of metrics.
+    """
+
+    def __init__(self, run: Run, run_dir: str | Path, *, resume: bool = False,
+                 console=None, show_progress: bool = True, evaluation=None):
+        cfg = run.config
+        self.run = run
         self.cfg = cfg
+        self.evaluation = evaluation
         self.run_dir = Path(run_dir)
         self.resume = resume
         self.rank, self.world_size, self.device = init_distributed(cfg.train.device)
@@ -195,12 +156,14 @@ class Trainer:
         self.runlog = RunLogger(self.run_dir, cfg.train.logger, enabled=self.is_main)
 
         t = cfg.train
-        self.data = open_data(cfg)
-        self.image_size = self.data.train.image_size
+        if run.data is None:
+            raise ValueError("Trainer needs a run resolved with its data (open_data=True)")
+        self.data = run.data
+        self.image_size = run.image_size
+        self.view_spec = run.view_spec
         torch.manual_seed(t.seed)
         self.global_batch = t.batch_size * self.world_size
-        self.method, self.view_spec = build_method(cfg, self.image_size, self.global_batch,
-                                                   len(self.data.train))
+        self.method = run.build_method()
         self.method.to(self.device)
         self.channels_last = self.device.type == "cuda" and t.channels_last
         if self.device.type == "cuda":
@@ -475,7 +438,7 @@ class Trainer:
         started = time.perf_counter()
         images_seen = 0
         last_loss = float("nan")
-        progress = self._progress()
+        progress = training_progress(self.console) if self.show_progress else None
         window_t, window_n = time.perf_counter(), 0
         with progress or contextlib.nullcontext():
             while self.epoch < t.epochs and self.step < self.total_steps:
@@ -547,47 +510,19 @@ class Trainer:
         self.runlog.close()
         return result
 
-    def _progress(self):
-        if not self.show_progress:
-            return None
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-
-        return Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("lr {task.fields[lr]:.2e}"),
-            TextColumn("{task.fields[ips]:.0f} img/s"), TimeRemainingColumn(),
-            console=self.console, transient=False,
-        )
-
     # ---- evaluation ----------------------------------------------------------------------------
     def _periodic_knn(self) -> None:
-        from ssl_zoo.evaluation.run import quick_knn
-
-        if not self.is_main:
-            if self.world_size > 1:
-                dist.barrier()
-            return
-        acc = quick_knn(self.method.backbone, self.data, self.view_spec, self.device,
-                        self.cfg.eval.batch_size)
-        self.method.train()
-        self._log({"step": self.step, "epoch": self.epoch, **acc})
+        if self.is_main and self.evaluation is not None:
+            acc = self.evaluation.periodic(self.method.backbone, self.device)
+            self.method.train()
+            self._log({"step": self.step, "epoch": self.epoch, **acc})
         if self.world_size > 1:
             dist.barrier()
 
     def _final_eval(self) -> dict[str, Any] | None:
-        from ssl_zoo.evaluation.run import evaluate_backbone
-
-        result = evaluate_backbone(
-            self.method, self.data, self.view_spec, self.device, self.cfg,
-            out_dir=self.run_dir, checkpoint_key=f"{self.run_dir.resolve()}@{self.step}",
-            console=self.console,
-        )
+        if self.evaluation is None:
+            return None
+        result = self.evaluation.final(self.method, self.device, self.step)
         self.runlog.final_eval(result, self.step)
         return result
 

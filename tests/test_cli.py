@@ -47,7 +47,8 @@ def test_toy_method_from_file_trains_checkpoints_and_resumes(tmp_path, toy_metho
     full = tmp_path / "full"
     assert _train([*common, "--out", str(full)]) == 0
     cfg = json.loads((full / "config.json").read_text())
-    assert cfg["train"]["batch_size"] == 64 and cfg["method_config"] == {}
+    assert cfg["train"]["batch_size"] == 64
+    assert cfg["method_config"] == {"out_dim": 16, "fail_at_step": -1}  # defaults included
     lines = [json.loads(x) for x in (full / "metrics.jsonl").read_text().splitlines()]
     assert lines[-1]["step"] == 62 and all("loss" in x and "lr" in x for x in lines)
     assert "final loss" in capsys.readouterr().out

@@ -16,7 +16,7 @@ def _train(tmp_path, name, *extra):
     assert main(["train", "--method", "swav", "--epochs", "1", "--batch-size", "32",
                  "--no-progress", "--no-eval", "--set", "train.max_steps=3",
                  "--set", "train.log_every_iters=1", "--set", "method.num_prototypes=30",
-                 "--set", "method.hidden_dim=32", "--set", "method.n_local=0",
+                 "--set", "method.hidden_dim=32", "--set", "views.groups.1.count=0",
                  "--out", str(run), *extra]) == 0
     losses = [json.loads(x)["loss"] for x in (run / "metrics.jsonl").read_text().splitlines()]
     return losses, torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]

@@ -4,10 +4,10 @@ import json
 
 import pytest
 
+from ssl_zoo.assemble import resolve
 from ssl_zoo.config import (
     RunConfig,
     apply_override,
-    build_run_config,
     load_config_file,
     to_dict,
     validate_run_config,
@@ -20,35 +20,36 @@ from ssl_zoo.errors import ConfigError
 METHOD_FIELDS = {"num_prototypes", "epsilon", "queue_length"}
 
 
-def fields_of(_name):
-    return METHOD_FIELDS
+def build(base, sets):
+    """The effective config of a SwAV run on the demo set, resolved without opening data."""
+    return resolve(base, sets, open_data=False).config
 
 
 def test_sets_override_file_values_and_are_typed():
-    cfg = build_run_config(
+    cfg = build(
         {"train": {"epochs": 3}, "method_config": {"epsilon": 0.05}},
         ["train.epochs=5", "batch_size=64", "method.num_prototypes=30", "epsilon=0.03",
-         "eval.linear=false", "dataset=npz:/x.npz"],
-        fields_of,
+         "eval.linear=false", "dataset=npz:/x.npz", "image_size=32"],
     )
     assert cfg.train.epochs == 5 and cfg.train.batch_size == 64
-    assert cfg.method_config == {"epsilon": 0.03, "num_prototypes": 30}
+    assert cfg.method_config["epsilon"] == 0.03 and cfg.method_config["num_prototypes"] == 30
+    assert cfg.method_config["temperature"] == 0.1  # every method field, defaults included
     assert cfg.eval.linear is False and cfg.dataset == "npz:/x.npz"
 
 
 def test_wrong_type_names_the_field():
     with pytest.raises(ConfigError, match=r"train.epochs: expected an integer, got 'ten'"):
-        build_run_config({}, ["train.epochs=ten"], fields_of)
+        build({}, ["train.epochs=ten"])
     with pytest.raises(ConfigError, match=r"train.lr_per_256: expected a number"):
-        build_run_config({"train": {"lr_per_256": "fast"}}, [], fields_of)
+        build({"train": {"lr_per_256": "fast"}}, [])
 
 
 def test_unknown_key_suggests():
     with pytest.raises(ConfigError, match=r"unknown config field 'epoch'.*'epochs'"):
-        build_run_config({}, ["epoch=3"], fields_of)
+        build({}, ["epoch=3"])
     with pytest.raises(ConfigError,
                        match=r"unknown config field train.epohcs; did you mean 'epochs'"):
-        build_run_config({"train": {"epohcs": 3}}, [], fields_of)
+        build({"train": {"epohcs": 3}}, [])
 
 
 def test_ambiguous_bare_key_must_be_qualified():
@@ -60,9 +61,12 @@ def test_impossible_values():
     for sets, msg in ((["train.epochs=0"], "epochs must be >= 1"),
                       (["train.optimizer=adm"], "did you mean 'adam'"),
                       (["train.warmup_epochs=20", "train.epochs=2"], "warmup_epochs")):
-        cfg = build_run_config({}, sets, fields_of)
         with pytest.raises(ConfigError, match=msg):
-            validate_run_config(cfg)
+            build({}, sets)
+    cfg = RunConfig()
+    cfg.train.lr_per_256 = 0.0
+    with pytest.raises(ConfigError, match="lr_per_256 must be > 0"):
+        validate_run_config(cfg)
 
 
 def test_yaml_and_json_files(tmp_path):
@@ -70,8 +74,8 @@ def test_yaml_and_json_files(tmp_path):
     y.write_text("method: swav\ntrain:\n  epochs: 2\n  optimizer: lars\n")
     j = tmp_path / "run.json"
     j.write_text(json.dumps({"train": {"epochs": 4}}))
-    assert build_run_config(load_config_file(y), [], fields_of).train.optimizer == "lars"
-    assert build_run_config(load_config_file(j), [], fields_of).train.epochs == 4
+    assert build(load_config_file(y), []).train.optimizer == "lars"
+    assert build(load_config_file(j), []).train.epochs == 4
     bad = tmp_path / "bad.yaml"
     bad.write_text("train: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid yaml"):
@@ -80,11 +84,14 @@ def test_yaml_and_json_files(tmp_path):
         load_config_file(tmp_path / "none.yaml")
 
 
-def test_round_trip_through_plain_data():
-    cfg = RunConfig()
-    cfg.train.epochs = 7
-    again = build_run_config(json.loads(json.dumps(to_dict(cfg))), [], fields_of)
-    assert again == cfg
+def test_the_effective_config_round_trips_through_json():
+    """config.json holds the effective config; read back, it resolves to the same typed run."""
+    run = resolve({}, ["train.epochs=7", "views.groups.1.count=6", "method.epsilon=0.04"],
+                  open_data=False)
+    again = resolve(json.loads(json.dumps(to_dict(run.config))), [], open_data=False)
+    assert again.config == run.config
+    assert again.method_config == run.method_config and again.view_spec == run.view_spec
+    assert run.view_spec.groups[1].count == 6 and run.method_config.epsilon == 0.04
 
 
 def test_view_spec_overrides_and_validation():

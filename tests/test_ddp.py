@@ -11,7 +11,7 @@ def build_swav():
     from methods.swav import SwAV, SwAVConfig
 
     return SwAV(TinyNet(), 24, SwAVConfig(num_prototypes=12, feat_dim=8, hidden_dim=16,
-                                          n_local=2, queue_length=16, queue_start_epoch=0))
+                                          queue_length=16, queue_start_epoch=0))
 
 
 def build_simclr():

@@ -48,7 +48,7 @@ def test_tensorboard_holds_curves_final_pictures_and_config(tmp_path, monkeypatc
     run = tmp_path / "swav"
     assert main(["train", "--method", "swav", "--dataset", "demo", "--epochs", "1",
                  "--batch-size", "100", "--no-progress", "--out", str(run),
-                 "--set", "method.n_local=0", "--set", "train.max_steps=3",
+                 "--set", "views.groups.1.count=0", "--set", "train.max_steps=3",
                  "--set", "train.log_every_iters=2", "--set", "eval.linear=false",
                  "--set", "eval.clustering=false", "--set", "eval.baseline=false"]) == 0
     acc = _events(run)

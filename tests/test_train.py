@@ -7,8 +7,7 @@ import math
 
 import pytest
 
-from ssl_zoo import registry
-from ssl_zoo.config import build_run_config
+from ssl_zoo.assemble import resolve
 from ssl_zoo.train import Trainer
 
 IMAGES = 2000  # demo training set
@@ -40,8 +39,7 @@ def _trainer(run_dir, *, resume: bool = False, stop_at: int | None = None) -> Tr
             "train.optimizer=sgd", "train.num_workers=0", "train.device=cpu",
             "train.checkpoint_every_iters=12", "train.log_every_iters=1000",
             "eval.enabled=false", "method.proj_dim=8", "backbone=convnet_w0.25"]
-    cfg = build_run_config({}, sets, lambda name: set(registry.get_method(name).config_fields()))
-    trainer = Trainer(cfg, run_dir, resume=resume, show_progress=False)
+    trainer = Trainer(resolve({}, sets), run_dir, resume=resume, show_progress=False)
     trainer.seen_lr = {}  # iteration -> the lr of every parameter group at its optimiser step
     step = trainer.optimizer.step
 

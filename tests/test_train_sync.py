@@ -12,8 +12,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ssl_zoo.config import build_run_config
-from ssl_zoo.registry import get_method
+from ssl_zoo.assemble import resolve
 from ssl_zoo.train import Trainer
 
 ALWAYS_SYNC = {
@@ -77,9 +76,8 @@ CASES = {
 
 
 def _trainer(tmp_path, sets, device="cpu") -> Trainer:
-    cfg = build_run_config({}, [*BASE, f"train.device={device}", *sets],
-                           lambda name: set(get_method(name).config_fields()))
-    return Trainer(cfg, tmp_path / "run", show_progress=False)
+    run = resolve({}, [*BASE, f"train.device={device}", *sets])
+    return Trainer(run, tmp_path / "run", show_progress=False)
 
 
 def _steps_syncs(trainer: Trainer, monkeypatch) -> list[list[str]]:

@@ -35,16 +35,16 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2470, 0.2435, 0.2616)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from ssl_zoo.data import stats
+
+CIFAR_MEAN, CIFAR_STD = stats.CIFAR10
+IMAGENET_MEAN, IMAGENET_STD = stats.IMAGENET
 
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
 """ITU-R 601-2 luma weights, as torchvision's ``rgb_to_grayscale``."""
@@ -611,94 +611,33 @@ def eval_view(images: torch.Tensor, size: int, mean=CIFAR_MEAN, std=CIFAR_STD,
 
 
 # --------------------------------------------------------------------------------------------
-# presets
+# neutral builders (each method's own recipe lives in its method file)
 # --------------------------------------------------------------------------------------------
-def _stats(image_size: int):
-    return (CIFAR_MEAN, CIFAR_STD) if image_size <= 64 else (IMAGENET_MEAN, IMAGENET_STD)
+def distorted_crops(count: int, size: int, scale: tuple[float, float], strength: float,
+                    blur_p: float, blur_kernel_frac: float = 0.1) -> CropGroup:
+    """``count`` crops of ``size`` px, area ``scale`` of the image, with the colour distortion
+    of SimCLR (Chen et al. 2020, App. A) at ``strength`` s: jitter (0.8 s, 0.8 s, 0.8 s,
+    0.2 s) with p=0.8, grayscale p=0.2, flip p=0.5; Gaussian blur with p=``blur_p`` (a kernel
+    of ``blur_kernel_frac`` of the crop; 0: only cut at 4 sigma)."""
+    return CropGroup(count=count, size=size, scale=tuple(scale), brightness=0.8 * strength,
+                     contrast=0.8 * strength, saturation=0.8 * strength, hue=0.2 * strength,
+                     jitter_p=0.8, grayscale_p=0.2, blur_p=blur_p,
+                     blur_kernel_frac=blur_kernel_frac)
 
 
-def swav_views(image_size: int, n_local: int | None = None, local_size: int | None = None,
-               global_scale=(0.14, 1.0), local_scale=(0.05, 0.14),
-               global_size: int | None = None, jitter_strength: float = 1.0) -> ViewSpec:
-    """SwAV multi-crop (Caron et al. 2020, Sec. 3.2): 2 global crops + ``n_local`` small ones.
+def two_crops(size: int, scale: tuple[float, float], strength: float, blur_p: float,
+              blur_kernel_frac: float = 0.1) -> ViewSpec:
+    """Two crops with the same distortion (SimCLR, MoCo, PCL)."""
+    return ViewSpec(groups=[distorted_crops(2, size, scale, strength, blur_p, blur_kernel_frac)])
 
-    ImageNet sizes (images >= 192 px): 2 x ``global_size`` (default the image size; 224 in the
-    paper) + 6 x 96, scales (0.14, 1) and (0.05, 0.14) (App. A.1 / official code). Smaller
-    images: 2 x image size + 4 local crops of half the size (CIFAR: 2x32 + 4x16). Colour
-    distortion of strength ``jitter_strength`` (1: jitter 0.8, 0.8, 0.8, 0.2 with p=0.8,
-    grayscale 0.2, as the paper) on every crop; blur p=0.5 only when images are >= 96 px (the
-    CIFAR recipes leave it out), its kernel not capped at 10% of the crop (the official code's
-    PIL blur has no such cap; it would cut the 96-px crops' kernel at 2.5 sigma_max).
-    """
-    mean, std = _stats(image_size)
-    large = image_size >= 192
-    n_local = (6 if large else 4) if n_local is None else n_local
-    local_size = local_size or (96 if large else max(1, image_size // 2))
-    blur = 0.5 if image_size >= 96 else 0.0
-    j = jitter_strength
-    common = dict(brightness=0.8 * j, contrast=0.8 * j, saturation=0.8 * j, hue=0.2 * j,
-                  jitter_p=0.8, grayscale_p=0.2, blur_p=blur, blur_kernel_frac=0.0)
-    groups = [CropGroup(count=2, size=global_size or image_size, scale=tuple(global_scale),
-                        **common)]
+
+def multi_crop(global_size: int, local_size: int, n_local: int,
+               global_scale: tuple[float, float], local_scale: tuple[float, float],
+               strength: float, blur_p: float, blur_kernel_frac: float = 0.1) -> ViewSpec:
+    """Multi-crop (SwAV Sec. 3.2): 2 global crops + ``n_local`` low-resolution ones, the same
+    distortion on all."""
+    groups = [distorted_crops(2, global_size, global_scale, strength, blur_p, blur_kernel_frac)]
     if n_local > 0:
-        groups.append(CropGroup(count=n_local, size=local_size, scale=tuple(local_scale),
-                                **common))
-    return ViewSpec(groups=groups, mean=mean, std=std)
-
-
-def _two_crop_views(image_size: int, min_scale: float, strength: float,
-                    blur_kernel_frac: float) -> ViewSpec:
-    """Two crops of ``image_size`` px, area (min_scale, 1), colour jitter (0.8, 0.8, 0.8, 0.2)
-    x ``strength`` with p=0.8, grayscale 0.2, blur p=0.5 at >= 96 px (none on CIFAR)."""
-    mean, std = _stats(image_size)
-    g = CropGroup(count=2, size=image_size, scale=(min_scale, 1.0), brightness=0.8 * strength,
-                  contrast=0.8 * strength, saturation=0.8 * strength, hue=0.2 * strength,
-                  jitter_p=0.8, grayscale_p=0.2, blur_p=0.5 if image_size >= 96 else 0.0,
-                  blur_kernel_frac=blur_kernel_frac)
-    return ViewSpec(groups=[g], mean=mean, std=std)
-
-
-def simclr_views(image_size: int) -> ViewSpec:
-    """SimCLR (Chen et al. 2020, App. A): crop (0.08, 1), jitter strength 1 with p=0.8, gray
-    0.2, blur 0.5 with a kernel of 10% of the image at ImageNet size; CIFAR-size images
-    (<= 64 px) as the paper's CIFAR recipe (App. B.9): jitter strength 0.5, no blur."""
-    return _two_crop_views(image_size, 0.08, 0.5 if image_size <= 64 else 1.0, 0.1)
-
-
-def mocov2_views(image_size: int) -> ViewSpec:
-    """MoCo v2 (Chen et al. 2020b): crop (0.2, 1), jitter (0.4, 0.4, 0.4, 0.1) p=0.8,
-    gray 0.2, blur p=0.5 sigma (0.1, 2) at ImageNet size, its kernel not capped at 10% of the
-    crop (the official code's PIL blur, radius = sigma, has no cap)."""
-    return _two_crop_views(image_size, 0.2, 0.5, 0.0)
-
-
-def eval_views(image_size: int) -> ViewSpec:
-    """One un-augmented view: the whole (square) image resized to ``image_size``, no randomness.
-
-    For square images of ``image_size`` px this equals :func:`eval_view`; non-square images get
-    their central square (RandomResizedCrop's fallback with scale and ratio fixed at 1).
-    """
-    mean, std = _stats(image_size)
-    g = CropGroup(count=1, size=image_size, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_p=0.0,
-                  jitter_p=0.0, brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0,
-                  grayscale_p=0.0, blur_p=0.0, solarize_p=0.0)
-    return ViewSpec(groups=[g], mean=mean, std=std)
-
-
-PRESETS: dict[str, Callable[[int], ViewSpec]] = {
-    "swav": swav_views,
-    "swav_2crops": lambda image_size: swav_views(image_size, n_local=0),
-    "simclr": simclr_views,
-    "mocov2": mocov2_views,
-    "eval": eval_views,
-}
-"""View presets by name: each takes the image size in pixels."""
-
-
-def preset(name: str, image_size: int) -> ViewSpec:
-    """A named view spec for images of ``image_size`` pixels."""
-    if name not in PRESETS:
-        from ssl_zoo.errors import ConfigError, suggest
-
-        raise ConfigError(suggest(name, PRESETS, "view preset"))
-    return PRESETS[name](image_size)
+        groups.append(distorted_crops(n_local, local_size, local_scale, strength, blur_p,
+                                      blur_kernel_frac))
+    return ViewSpec(groups=groups)

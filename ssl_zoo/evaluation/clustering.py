@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from ssl_zoo.errors import UserError
+from ssl_zoo.evaluation.faiss_utils import as_float32_matrix, kmeans
 
 
 def _as_long(x, name: str) -> torch.Tensor:
@@ -64,8 +65,6 @@ def kmeans_clustering_metrics(features, labels, k: int | None = None, *, seed: i
     Euclidean k-means on unit-length features (as DeepCluster and PCL cluster), k-means++
     seeding; of ``nredo`` restarts the lowest k-means objective wins (labels are never used).
     """
-    from ssl_zoo.evaluation.faiss_utils import as_float32_matrix, kmeans
-
     x = torch.from_numpy(as_float32_matrix(features, "features"))
     y = _as_long(labels, "labels")
     if y.numel() != x.shape[0]:

@@ -14,15 +14,16 @@ from typing import Any
 
 import torch
 
-from ssl_zoo.config import RunConfig, build_run_config
-from ssl_zoo.errors import UserError
+from ssl_zoo.backbones import build_backbone
+from ssl_zoo.config import RunConfig
+from ssl_zoo.data.loader import BatchLoader
+from ssl_zoo.data.views import eval_view
+from ssl_zoo.evaluation import plots
+from ssl_zoo.evaluation.clustering import assignment_metrics, kmeans_clustering_metrics
 from ssl_zoo.evaluation.features import cache_root, cached_features
-from ssl_zoo.report import fmt
-
-KNN_PROTOCOL_TEXT = {
-    "k20_t0.07": "weighted kNN, k=20, T=0.07, cosine (DINO / solo-learn)",
-    "k200_t0.1": "weighted kNN, k=200, T=0.1, cosine (InstDisc / lightly)",
-}
+from ssl_zoo.evaluation.knn import knn_protocols
+from ssl_zoo.evaluation.linear import linear_probe
+from ssl_zoo.evaluation.results import KNN_PROTOCOL_TEXT
 
 
 def _labels(ds) -> torch.Tensor | None:
@@ -50,8 +51,6 @@ def _features(encoder, data, view_spec, device, batch_size, cache_dir, dataset_n
 
 def knn_both(ftr, ytr, fte, yte) -> dict[str, dict[str, float]]:
     """Both kNN protocols (k=20, T=0.07 and k=200, T=0.1) from one neighbour search."""
-    from ssl_zoo.evaluation.knn import knn_protocols
-
     return knn_protocols(ftr, ytr, fte, yte, num_classes=_num_classes(ytr, yte))
 
 
@@ -70,8 +69,6 @@ def quick_knn(backbone, data, view_spec, device, batch_size) -> dict[str, float]
 
 def _random_init_baseline(cfg: RunConfig, data, view_spec, device, console) -> dict[str, Any]:
     """kNN, linear and NMI of the same backbone at random initialisation (cached on disk)."""
-    from ssl_zoo.backbones import build_backbone
-
     key = {"backbone": cfg.backbone, "stem": cfg.backbone_stem, "dataset": cfg.dataset,
            "image_size": data.train.image_size, "seed": cfg.train.seed,
            "n_train": len(data.eval_train or data.train),
@@ -113,12 +110,8 @@ def _metrics(encoder, data, view_spec, device, cfg: RunConfig, cache_dir) -> dic
     if cfg.eval.knn:
         out["knn"] = knn_both(ftr, ytr, fte, yte)
     if cfg.eval.linear:
-        from ssl_zoo.evaluation.linear import linear_probe
-
         out["linear"] = linear_probe(ftr, ytr, fte, yte, seed=cfg.train.seed)
     if cfg.eval.clustering:
-        from ssl_zoo.evaluation.clustering import kmeans_clustering_metrics
-
         out["clustering"] = kmeans_clustering_metrics(fte, yte, _num_classes(ytr, yte),
                                                       seed=cfg.train.seed)
     return out
@@ -126,9 +119,6 @@ def _metrics(encoder, data, view_spec, device, cfg: RunConfig, cache_dir) -> dic
 
 @torch.no_grad()
 def _method_clusters(method, data, view_spec, device, batch_size) -> torch.Tensor | None:
-    from ssl_zoo.data.loader import BatchLoader
-    from ssl_zoo.data.views import eval_view
-
     if data.test is None:
         return None
     was = method.training
@@ -148,9 +138,11 @@ def _method_clusters(method, data, view_spec, device, batch_size) -> torch.Tenso
 
 
 def evaluate_backbone(method, data, view_spec, device, cfg: RunConfig, *, out_dir: Path,
-                      checkpoint_key: str = "", console=None, eval_name: str = "eval"
-                      ) -> dict[str, Any]:
-    """Evaluate ``method.backbone`` (and the method's clusters); write JSON and pictures."""
+                      checkpoint_key: str = "", console=None, eval_name: str = "eval",
+                      show=None) -> dict[str, Any]:
+    """Evaluate ``method.backbone`` (and the method's clusters); write JSON and pictures.
+
+    ``console`` receives progress notes, ``show`` the result (the caller's printing)."""
     out_dir = Path(out_dir)
     result: dict[str, Any] = {
         "dataset": cfg.dataset, "backbone": cfg.backbone, "method": cfg.method,
@@ -165,8 +157,6 @@ def evaluate_backbone(method, data, view_spec, device, cfg: RunConfig, *, out_di
     yte = _labels(data.test) if data.test is not None else None
     assignments = _method_clusters(method, data, view_spec, device, cfg.eval.batch_size)
     if assignments is not None and yte is not None:
-        from ssl_zoo.evaluation.clustering import assignment_metrics
-
         result["method_clusters"] = assignment_metrics(assignments, yte)
     if cfg.eval.baseline:
         result["random_init"] = _random_init_baseline(cfg, data, view_spec, device, console)
@@ -174,14 +164,12 @@ def evaluate_backbone(method, data, view_spec, device, cfg: RunConfig, *, out_di
         result["pictures"] = _pictures(method, data, view_spec, device, cfg, out_dir,
                                        assignments)
     (out_dir / f"{eval_name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    if console is not None:
-        print_eval(console, result)
+    if show is not None:
+        show(result)
     return result
 
 
 def _pictures(method, data, view_spec, device, cfg, out_dir: Path, assignments) -> list[str]:
-    from ssl_zoo.evaluation import plots
-
     paths = []
     feats_dir = out_dir / "features"
     _, _, fte = _features(method.backbone, data, view_spec, device, cfg.eval.batch_size,
@@ -203,69 +191,21 @@ def _pictures(method, data, view_spec, device, cfg, out_dir: Path, assignments) 
     return [str(p) for p in paths]
 
 
-def print_eval(console, result: dict[str, Any]) -> None:
-    from rich.table import Table
+class RunEvaluation:
+    """The trainer's evaluation callback for one run: kNN during training, everything at the
+    end (written to ``RUN_DIR/eval.json`` with its pictures)."""
 
-    table = Table(title=f"evaluation: {result['method']} / {result['backbone']} on "
-                        f"{result['dataset']}", title_justify="left")
-    table.add_column("metric", style="bold")
-    table.add_column("trained", justify="right")
-    table.add_column("random init", justify="right")
-    base = result.get("random_init") or {}
-    for proto in KNN_PROTOCOL_TEXT:
-        got = (result.get("knn") or {}).get(proto)
-        if got:
-            b = (base.get("knn") or {}).get(proto) or {}
-            table.add_row(f"kNN {proto} top-1", fmt(got["top1"]), fmt(b.get("top1")))
-            table.add_row(f"kNN {proto} top-5", fmt(got["top5"]), fmt(b.get("top5")))
-    if result.get("linear"):
-        table.add_row("linear probe top-1", fmt(result["linear"]["test_top1"]),
-                      fmt((base.get("linear") or {}).get("test_top1")))
-    if result.get("clustering"):
-        for k in ("nmi", "ari", "purity"):
-            table.add_row(f"k-means {k.upper()}", fmt(result["clustering"][k]),
-                          fmt((base.get("clustering") or {}).get(k)))
-    if result.get("method_clusters"):
-        for k in ("nmi", "ari", "purity"):
-            table.add_row(f"method clusters {k.upper()}", fmt(result["method_clusters"][k]), "-")
-    console.print(table)
+    def __init__(self, data, view_spec, cfg: RunConfig, run_dir: str | Path, console=None,
+                 show=None):
+        self.data, self.view_spec, self.cfg = data, view_spec, cfg
+        self.run_dir = Path(run_dir)
+        self.console, self.show = console, show
 
+    def periodic(self, backbone, device) -> dict[str, float]:
+        return quick_knn(backbone, self.data, self.view_spec, device, self.cfg.eval.batch_size)
 
-def evaluate_target(target: str, *, dataset: str | None, data_root: str | None, device: str,
-                    sets: list[str], console) -> dict[str, Any]:
-    """``ssl-zoo eval RUN_DIR_OR_CHECKPOINT``: rebuild the method from its checkpoint, evaluate."""
-    from ssl_zoo.checkpoint import load_latest_checkpoint, safe_load
-    from ssl_zoo.cli import _method_fields
-    from ssl_zoo.train import build_method, open_data, resolve_device
-
-    path = Path(target)
-    if path.is_dir():
-        state, ckpt = load_latest_checkpoint(path, warn=console.print)
-        run_dir = path
-    elif path.is_file():
-        state, ckpt = safe_load(path), path
-        run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-    else:
-        raise UserError(f"{target}: no such run directory or checkpoint")
-    if not isinstance(state, dict) or "config" not in state or "model" not in state:
-        raise UserError(f"{ckpt} is not an ssl-zoo training checkpoint")
-    saved = json.loads(state["config"])
-    extra = list(sets)
-    if dataset:
-        extra.append(f"dataset={dataset}")
-    if data_root:
-        extra.append(f"data_root={data_root}")
-    cfg = build_run_config(saved, extra, _method_fields)
-    dev = resolve_device(device)
-    data = open_data(cfg)
-    method, spec = build_method(cfg, data.train.image_size)
-    method.load_state_dict(state["model"])
-    method.to(dev)
-    name = "eval" if cfg.dataset == saved["dataset"] else (
-        "eval_" + "".join(c if c.isalnum() else "_" for c in cfg.dataset))
-    key = f"{Path(ckpt).resolve()}@{state.get('step')}"
-    return evaluate_backbone(method, data, spec, dev, cfg, out_dir=run_dir, checkpoint_key=key,
-                             console=console, eval_name=name)
-
-
-
+    def final(self, method, device, step: int) -> dict[str, Any]:
+        return evaluate_backbone(
+            method, self.data, self.view_spec, device, self.cfg, out_dir=self.run_dir,
+            checkpoint_key=f"{self.run_dir.resolve()}@{step}", console=self.console,
+            show=self.show)

@@ -13,9 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
+from ssl_zoo import registry
 from ssl_zoo.data import views as V
 from ssl_zoo.data.views import CropGroup, Views, ViewSpec
-from ssl_zoo.errors import ConfigError
 
 P_MIN = 1e-3  # significance level of the distribution tests (all seeded, so deterministic)
 
@@ -416,7 +416,7 @@ def test_brightness_factors_seen_in_the_output_are_uniform():
 def test_parameters_are_drawn_per_sample():
     """Copies of one image get different crops, flips and colours."""
     images = _images(1, 32, 37).repeat(16, 1, 1, 1)
-    views = V.make_views(images, V.preset("swav", 32), _gen(38))
+    views = V.make_views(images, _method_views("swav", 32), _gen(38))
     for crop in views:
         flat = crop.flatten(1)
         assert torch.cdist(flat, flat).fill_diagonal_(1.0).min() > 0
@@ -452,10 +452,16 @@ def test_blur_and_solarize_end_to_end_against_torchvision():
     assert p.blur.any() and (~p.blur).any() and p.solarize.any()
 
 
-@pytest.mark.parametrize("name", sorted(V.PRESETS))
+def _method_views(name: str, image_size: int) -> ViewSpec:
+    """A registered method's default view spec with its default config."""
+    cls = registry.get_method(name)
+    return cls.default_views(cls.Config(), image_size)
+
+
+@pytest.mark.parametrize("name", ["swav", "simclr", "moco", "pcl"])
 @pytest.mark.parametrize("image_size", [32, 96, 224])
-def test_every_preset_gives_float32_views_of_the_right_shapes(name, image_size):
-    spec = V.preset(name, image_size)
+def test_every_default_spec_gives_float32_views_of_the_right_shapes(name, image_size):
+    spec = _method_views(name, image_size)
     b = 2
     views = V.make_views(_images(b, image_size, 25), spec, _gen())
     assert isinstance(views, Views) and views.counts == [g.count for g in spec.groups]
@@ -466,17 +472,20 @@ def test_every_preset_gives_float32_views_of_the_right_shapes(name, image_size):
         assert torch.isfinite(tensor).all()
 
 
-def test_preset_sizes_follow_the_papers():
-    imagenet = V.preset("swav", 224)
+def test_default_sizes_follow_the_papers():
+    imagenet = _method_views("swav", 224)
     assert [(g.count, g.size, g.scale) for g in imagenet.groups] == [
         (2, 224, (0.14, 1.0)), (6, 96, (0.05, 0.14))]
-    assert imagenet.mean == V.IMAGENET_MEAN and all(g.blur_p == 0.5 for g in imagenet.groups)
-    cifar = V.swav_views(32, n_local=4)
+    assert all(g.blur_p == 0.5 for g in imagenet.groups)
+    cifar = _method_views("swav", 32)
     assert [(g.count, g.size) for g in cifar.groups] == [(2, 32), (4, 16)]
-    assert cifar.mean == V.CIFAR_MEAN and all(g.blur_p == 0 for g in cifar.groups)
-    assert [g.size for g in V.swav_views(256, global_size=224).groups] == [224, 96]
-    assert V.preset("mocov2", 224).groups[0].scale == (0.2, 1.0)
-    assert V.preset("simclr", 32).groups[0].scale == (0.08, 1.0)
+    assert all(g.blur_p == 0 for g in cifar.groups)
+    assert _method_views("moco", 224).groups[0].scale == (0.2, 1.0)
+    assert _method_views("simclr", 32).groups[0].scale == (0.08, 1.0)
+    multi = V.multi_crop(224, 96, 6, (0.14, 1.0), (0.05, 0.14), 1.0, 0.5)
+    assert [(g.count, g.size) for g in multi.groups] == [(2, 224), (6, 96)]
+    assert [g.count for g in V.multi_crop(32, 16, 0, (0.14, 1), (0.05, 0.14), 1, 0).groups] \
+        == [2]
 
 
 def test_colour_strength_and_blur_kernel_follow_each_reference():
@@ -484,19 +493,14 @@ def test_colour_strength_and_blur_kernel_follow_each_reference():
         return [g.brightness / 0.8, g.contrast / 0.8, g.saturation / 0.8, g.hue / 0.2]
 
     # SimCLR: strength 0.5 on CIFAR (App. B.9), 1 at ImageNet size (App. A)
-    assert strength(V.preset("simclr", 32).groups[0]) == pytest.approx([0.5] * 4)
-    assert strength(V.preset("simclr", 224).groups[0]) == pytest.approx([1.0] * 4)
-    assert strength(V.preset("mocov2", 224).groups[0]) == pytest.approx([0.5] * 4)
+    assert strength(_method_views("simclr", 32).groups[0]) == pytest.approx([0.5] * 4)
+    assert strength(_method_views("simclr", 224).groups[0]) == pytest.approx([1.0] * 4)
+    assert strength(_method_views("moco", 224).groups[0]) == pytest.approx([0.5] * 4)
     # blur kernel: SimCLR's is 10% of the crop, odd (96 px: 11); the MoCo v2 and SwAV code's
     # PIL blur has no cap, so only the 4 sigma_max cut stays (2 x 8 + 1 = 17)
-    assert V.blur_kernel_size(V.preset("simclr", 96).groups[0]) == 11
-    assert V.blur_kernel_size(V.preset("mocov2", 96).groups[0]) == 17
-    assert [V.blur_kernel_size(g) for g in V.preset("swav", 224).groups] == [17, 17]
-
-
-def test_unknown_preset_suggests_names():
-    with pytest.raises(ConfigError, match="did you mean 'swav'"):
-        V.preset("swa", 32)
+    assert V.blur_kernel_size(_method_views("simclr", 96).groups[0]) == 11
+    assert V.blur_kernel_size(_method_views("moco", 96).groups[0]) == 17
+    assert [V.blur_kernel_size(g) for g in _method_views("swav", 224).groups] == [17, 17]
 
 
 def test_bad_batches_are_refused():
@@ -508,7 +512,7 @@ def test_bad_batches_are_refused():
 
 def test_same_seed_same_views_and_other_seed_other_views():
     images = _images(8, 32, 26)
-    spec = V.preset("swav", 32)
+    spec = _method_views("swav", 32)
     a = V.make_views(images, spec, _gen(27))
     b = V.make_views(images, spec, _gen(27))
     c = V.make_views(images, spec, _gen(28))
@@ -544,23 +548,14 @@ def test_eval_view_is_torchvision_resize_center_crop(h, w, size):
     assert torch.equal(out, V.eval_view(images, size, V.IMAGENET_MEAN, V.IMAGENET_STD))
 
 
-def test_eval_preset_equals_eval_view_on_square_images():
-    images = _images(3, 32, 32)
-    spec = V.preset("eval", 32)
-    views = V.make_views(images, spec, _gen(33))
-    torch.testing.assert_close(views.groups[0], V.eval_view(images, 32, spec.mean, spec.std),
-                               atol=1e-6, rtol=0)
-    # and it draws nothing that matters: another seed gives the same
-    assert torch.equal(views.groups[0], V.make_views(images, spec, _gen(34)).groups[0])
-
-
 # ---------------------------------------------------------------------------------------------
 # devices
 # ---------------------------------------------------------------------------------------------
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_views_with_cuda_or_cpu_generator():
     images = _images(4, 32, 35).cuda()
-    spec = V.preset("swav", 32)
+    spec = _method_views("swav", 32)
     gen = torch.Generator(device="cuda")
     a = V.make_views(images, spec, gen.manual_seed(1))
     b = V.make_views(images, spec, gen.manual_seed(1))

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from methods.moco import MoCo, MoCoConfig, shuffled_bn_keys
 from ssl_zoo.backbones import ConvNet
 from ssl_zoo.data.views import Views
+from ssl_zoo.method import TrainContext
 
 WORLD = 2
 N = 12  # global batch; 6 images per rank
@@ -39,6 +40,7 @@ def _worker(rank: int, tmp: str, payload: dict) -> None:
             local, everyone = shuffled_bn_keys(model.key, payload["x"][part], groups)
             torch.manual_seed(200 + rank)
             model(Views.from_crops([c[part] for c in payload["crops"]]))
+            model.after_optimizer_step(TrainContext())  # the step's keys enter the queue
             result[groups] = {"local": local, "everyone": everyone,
                               "queue": model.queue.features.clone()}
         torch.save(result, os.path.join(tmp, f"rank{rank}.pt"))

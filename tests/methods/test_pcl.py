@@ -347,6 +347,7 @@ def test_each_image_is_pulled_to_the_centroid_its_index_was_assigned_to(monkeypa
         cents.append(cent.clone().double())
         phis.append(phi.clone().double())
     m.cluster_epoch.fill_(0)
+    m.load_state_dict(m.state_dict())  # as a checkpoint restores it (host flags from buffers)
 
     seen = []
 

@@ -15,12 +15,14 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from torch import nn
 
-from methods.swav import PRESETS, SwAV, SwAVConfig, sinkhorn, swapped_prediction_loss
-from ssl_zoo.config import TrainConfig, from_dict
+from methods.swav import SwAV, SwAVConfig, sinkhorn, swapped_prediction_loss
+from ssl_zoo.assemble import resolve
+from ssl_zoo.config import from_dict
 from ssl_zoo.data.views import Views
 from ssl_zoo.errors import ConfigError
 from ssl_zoo.method import TrainContext
 from ssl_zoo.modules.prototypes import Prototypes
+from ssl_zoo.train import Trainer
 
 HYP = settings(max_examples=40, deadline=None)
 
@@ -261,7 +263,7 @@ class TinyNet(nn.Module):
 
 def make_model(seed: int = 0, **overrides) -> SwAV:
     torch.manual_seed(seed)
-    cfg = SwAVConfig(**{"num_prototypes": 12, "feat_dim": 8, "n_local": 2, "hidden_dim": 16,
+    cfg = SwAVConfig(**{"num_prototypes": 12, "feat_dim": 8, "hidden_dim": 16,
                         "collapse_patience_iters": 0, **overrides})
     return SwAV(TinyNet(16), 16, cfg)
 
@@ -514,7 +516,7 @@ def test_collapse_warns_once():
             return self.w.expand(x.shape[0], 16)
 
     torch.manual_seed(0)
-    model = SwAV(Constant(), 16, SwAVConfig(num_prototypes=12, feat_dim=8, n_local=2,
+    model = SwAV(Constant(), 16, SwAVConfig(num_prototypes=12, feat_dim=8,
                                             collapse_patience_iters=3))
     ctx = TrainContext()
     model.on_train_start(ctx)
@@ -546,10 +548,22 @@ def test_default_views_are_multi_crop():
     (g, loc) = spec.groups
     assert (g.count, g.size, g.scale) == (2, 32, (0.14, 1.0))
     assert (loc.count, loc.size, loc.scale) == (4, 16, (0.05, 0.14))
-    big = SwAV.default_views(from_dict(SwAVConfig, PRESETS["imagenet-bs4096"]["method"]), 224)
+    assert [g.brightness for g in spec.groups] == [0.4, 0.4]  # strength 0.5 at CIFAR size
+    big = SwAV.default_views(SwAVConfig(), 224)
     assert [(x.count, x.size) for x in big.groups] == [(2, 224), (6, 96)]
-    assert [(x.count, x.size) for x in SwAV.default_views(SwAVConfig(n_local=0), 32).groups] \
-        == [(2, 32)]
+    assert [(g.brightness, g.blur_p) for g in big.groups] == [(0.8, 0.5)] * 2  # the paper's
+
+
+def test_views_overrides_on_top_of_the_default_spec():
+    """One home for crops: views.* on top of SwAV's default multi-crop (count 0 drops a
+    group); crops_for_assign is checked against the crops there are."""
+    run = resolve({}, ["views.groups.1.count=6", "views.groups.1.size=8"], open_data=False)
+    assert [(g.count, g.size) for g in run.view_spec.groups] == [(2, 32), (6, 8)]
+    two = resolve({}, ["views.groups.1.count=0"], open_data=False)
+    assert [(g.count, g.size) for g in two.view_spec.groups] == [(2, 32)]
+    with pytest.raises(ConfigError, match=r"crops_for_assign \(0, 2\).*2 crops"):
+        resolve({}, ["views.groups.1.count=0", "method.crops_for_assign=[0,2]"],
+                open_data=False)
 
 
 def test_class_attributes_and_config_from_plain_data():
@@ -566,11 +580,8 @@ def test_class_attributes_and_config_from_plain_data():
     ({"num_prototypes": 6000}, "num_prototypes"),
     ({"sinkhorn_iterations": 0}, "sinkhorn_iterations"),
     ({"queue_length": -128}, "queue_length"),
-    ({"local_size": 48}, "local_size"),
-    ({"crops_for_assign": (0, 6)}, "crops_for_assign"),
     ({"crops_for_assign": ()}, "crops_for_assign"),
     ({"crops_for_assign": (1, 1)}, "crops_for_assign"),
-    ({"local_scale": (0.2, 0.1)}, "local_scale"),
     ({"freeze_prototypes_iters": -1}, "freeze_prototypes_iters"),
 ])
 def test_validate_rejects_impossible_values(fields, match):
@@ -591,18 +602,6 @@ def test_validate_warns_when_prototypes_outnumber_sinkhorn_rows():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         SwAVConfig(num_prototypes=3000, queue_length=3840).validate(224, 256, 1_281_167)
-
-
-@pytest.mark.parametrize("name", sorted(PRESETS))
-def test_presets_are_valid_configs(name):
-    preset = PRESETS[name]
-    cfg = from_dict(SwAVConfig, preset["method"])
-    from_dict(TrainConfig, preset["train"])
-    global_batch = preset["train"]["batch_size"] * preset["processes"]
-    image_size = preset["run"].get("image_size", 32)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        cfg.validate(image_size, global_batch, 1_281_167)
 
 
 # --------------------------------------------------------------------------------------------
@@ -642,7 +641,7 @@ def test_swav_with_queue_survives_sigkill(tmp_path):
     # the queue (2 batches) is in use from the third step; a checkpoint every 4 steps
     helpers.kill_and_resume_equals_uninterrupted(
         tmp_path, "swav", ["--batch-size", "50", "--epochs", "2", "--set", "train.max_steps=16",
-                           "--backbone", "convnet_w0.25", "--set", "method.n_local=2",
+                           "--backbone", "convnet_w0.25", "--set", "views.groups.1.count=2",
                            *QUEUE_RUN[:2], "--set", "method.queue_length=100", *QUEUE_RUN[4:]],
         total_steps=16)
 
@@ -651,17 +650,12 @@ def test_frozen_prototypes_stay_bit_identical_through_fp16_grad_scaler_steps(tmp
     """The trainer's AMP path (fp16 autocast, GradScaler: scale, unscale, freeze hook, step,
     update) on CPU: the first step overflows and the scaler skips it, the next two are taken,
     and the frozen prototypes do not change by a bit until freeze_prototypes_iters is over."""
-    from ssl_zoo import registry
-    from ssl_zoo.config import build_run_config
-    from ssl_zoo.train import Trainer
-
     sets = ["method=swav", "dataset=demo", "backbone=convnet_w0.25", "train.batch_size=32",
             "train.epochs=1", "train.optimizer=sgd", "train.weight_decay=0.1",
             "train.warmup_epochs=0", "train.num_workers=0", "train.device=cpu",
-            "eval.enabled=false", "method.num_prototypes=30", "method.n_local=2",
+            "eval.enabled=false", "method.num_prototypes=30", "views.groups.1.count=2",
             "method.freeze_prototypes_iters=3"]
-    cfg = build_run_config({}, sets, lambda name: set(registry.get_method(name).config_fields()))
-    trainer = Trainer(cfg, tmp_path / "run", show_progress=False)
+    trainer = Trainer(resolve({}, sets), tmp_path / "run", show_progress=False)
     trainer.autocast_dtype = torch.float16
     # 2^127 x a loss near ln 30 overflows float32: the first step's gradients are inf
     trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 127, backoff_factor=2.0 ** -112)

@@ -35,7 +35,7 @@ class SmallNet(nn.Module):
 
 def build_model() -> SwAV:
     # an odd queue length: the ranks hold unequal shares of it (8 and 7 rows)
-    cfg = SwAVConfig(num_prototypes=10, feat_dim=8, hidden_dim=16, n_local=2, epsilon=0.05,
+    cfg = SwAVConfig(num_prototypes=10, feat_dim=8, hidden_dim=16, epsilon=0.05,
                      queue_length=2 * BATCH - 1, queue_start_epoch=0, collapse_patience_iters=0)
     model = SwAV(SmallNet(), 16, cfg)
     for m in model.modules():  # the module stays in training mode (it fills its queue)
@@ -145,7 +145,7 @@ def _train(run, nproc: int, resume: bool, kill_after_lines: int = 0):
                 "--set", "train.checkpoint_every_iters=4", "--set", "train.optimizer=sgd",
                 "--set", f"train.lr_per_256={LR_PER_256}",
                 "--set", f"train.warmup_epochs={WARMUP_EPOCHS}",
-                "--set", "method.num_prototypes=20", "--set", "method.n_local=2",
+                "--set", "method.num_prototypes=20", "--set", "views.groups.1.count=2",
                 "--set", f"method.queue_length={QUEUE}", "--set", "method.queue_start_epoch=0"]
     if not kill_after_lines:
         out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
