@@ -109,7 +109,7 @@ def test_impossible_trainer_values(tmp_path, capsys, toy_method_file, sets, mess
 
 
 @pytest.mark.parametrize("sets, message", [
-    (["method.queue_length=100"], "must be a multiple of the global batch 128; use e.g. 128"),
+    (["method.queue_length=-128"], "queue_length must be >= 0"),
     (["method.num_prototypes=5000"], "use at most 2000"),
     (["views.groups.1.size=64"], "views.groups.1.size: crop size 64 px is larger than"),
     (["method.crops_for_assign=[0,9]"], "crops_for_assign"),

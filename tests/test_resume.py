@@ -58,7 +58,9 @@ def kill_and_resume_equals_uninterrupted(tmp_path: Path, method: str, extra: lis
     full, part = tmp_path / "full", tmp_path / "part"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     subprocess.run(_cmd(method, full, extra), check=True, env=env, stdout=subprocess.DEVNULL)
-    _kill_at_random_step(_cmd(method, part, extra), part, 2, total_steps - 2)
+    # from the 5th logged step on, the checkpoint of step 4 exists (it is saved after step 4's
+    # log line and before step 5's); killed earlier, there would be nothing to resume
+    _kill_at_random_step(_cmd(method, part, extra), part, 5, total_steps - 2)
     # same thread count as the uninterrupted run: float reductions then add up identically
     subprocess.run([sys.executable, "-m", "ssl_zoo", "train", "--resume", str(part),
                     "--no-progress"], check=True, env=env, stdout=subprocess.DEVNULL)
