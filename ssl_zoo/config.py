@@ -276,8 +276,6 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-_SECTION_ALIASES = {"method": "method_config"}
-
 
 def apply_override(data: dict[str, Any], assignment: str, method_fields: set[str]) -> None:
     """Apply one ``key=value`` to the plain config dict ``data`` (in place).

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import time
 import warnings
@@ -31,16 +30,12 @@ from ssl_zoo.checkpoint import load_latest_checkpoint, save_checkpoint
 from ssl_zoo.config import to_dict
 from ssl_zoo.data.loader import BatchLoader
 from ssl_zoo.data.views import Views, eval_view, make_views
-from ssl_zoo.errors import UserError
 from ssl_zoo.method import Method, TrainContext
 from ssl_zoo.modules import distributed as D
+from ssl_zoo.nonfinite import NonFiniteGuard, jsonable
 from ssl_zoo.optim import build_optimizer, warmup_cosine
 from ssl_zoo.report import training_progress
 from ssl_zoo.runlog import RunLogger
-
-
-class TrainingStopped(UserError):
-    """Training stopped on purpose (non-finite loss); the message says where and what was kept."""
 
 
 @dataclass
@@ -119,14 +114,6 @@ def prefetch(batches, device: torch.device):
         nxt = next(it, None)
         pending = copy(nxt) if nxt is not None else None
         yield current
-
-
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, torch.Tensor):
-        v = v.detach().float().item() if v.numel() == 1 else v.detach().cpu().tolist()
-    if isinstance(v, float) and not math.isfinite(v):
-        return str(v)
-    return v
 
 
 # --------------------------------------------------------------------------------------------
@@ -210,11 +197,8 @@ class Trainer:
         self.step = 0
         self.epoch = 0
         self.batch_in_epoch = 0
-        self.skipped_nonfinite = 0  # non-finite steps seen so far (host, checkpointed)
-        # on the device: non-finite steps so far, and the first one not yet reported (-1: none)
-        self._nonfinite_count = torch.zeros((), dtype=torch.long, device=self.device)
-        self._first_nonfinite = torch.full((), -1, dtype=torch.long, device=self.device)
-        self._last_step: tuple[Any, Views] | None = None  # the latest (StepOutput, views)
+        self.nonfinite = NonFiniteGuard(self.device, t.skip_nonfinite, self.steps_per_epoch,
+                                        self.run_dir, self._print, write_dump=self.is_main)
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.history: list[dict[str, Any]] = []
 
@@ -245,7 +229,7 @@ class Trainer:
             "step": self.step,
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
-            "skipped_nonfinite": self.skipped_nonfinite,
+            "skipped_nonfinite": self.nonfinite.seen,
             "world_size": self.world_size,
             "rng": rng,
         }
@@ -258,8 +242,7 @@ class Trainer:
         self.step = int(state["step"])
         self.epoch = int(state["epoch"])
         self.batch_in_epoch = int(state["batch_in_epoch"])
-        self.skipped_nonfinite = int(state.get("skipped_nonfinite", 0))
-        self._nonfinite_count.fill_(self.skipped_nonfinite)
+        self.nonfinite.restore(int(state.get("skipped_nonfinite", 0)))
         torch.set_rng_state(state["rng"]["torch"])
         if "cuda" in state["rng"] and torch.cuda.is_available():
             with contextlib.suppress(Exception):
@@ -297,7 +280,7 @@ class Trainer:
             print(msg)
 
     def _log(self, record: dict[str, Any]) -> None:
-        record = {k: _jsonable(v) for k, v in record.items()}
+        record = {k: jsonable(v) for k, v in record.items()}
         self.history.append(record)
         if self.is_main:
             self.runlog.log(record)
@@ -308,7 +291,7 @@ class Trainer:
         the views and the lr. Nothing in it reads a device value on the host: a non-finite
         loss skips the update on the device (the optimiser's ``found_inf``, as GradScaler does),
         the methods mask their state updates with ``ctx.step_ok``, and the count reaches the
-        host at the next log step (:meth:`_check_nonfinite`)."""
+        host at the next log step (:class:`~ssl_zoo.nonfinite.NonFiniteGuard`)."""
         t = self.cfg.train
         lr = warmup_cosine(self.step, self.total_steps, self.warmup_steps, self.peak_lr,
                            self.peak_lr * t.final_lr_ratio)
@@ -347,10 +330,7 @@ class Trainer:
         self.ctx.step_ok = ok
         self.method.after_optimizer_step(self.ctx)
         self.ctx.step_ok = None
-        self._nonfinite_count += (~ok).long()
-        self._first_nonfinite.copy_(torch.where(~ok & (self._first_nonfinite < 0), self.step,
-                                                self._first_nonfinite))
-        self._last_step = (out, views)
+        self.nonfinite.record(ok, self.step, out, views)
         return loss.detach(), out, views, lr
 
     def _read_metrics(self, loss: torch.Tensor, metrics: dict[str, Any]
@@ -359,51 +339,11 @@ class Trainer:
         unreported non-finite iteration, brought to the host in one transfer."""
         keys = [k for k, v in metrics.items() if isinstance(v, torch.Tensor) and v.numel() == 1]
         mean_loss = D.all_reduce_mean(loss.detach().float().clone())
-        values = torch.stack([mean_loss, self._nonfinite_count.float(),
-                              self._first_nonfinite.float(),
+        values = torch.stack([mean_loss, *self.nonfinite.counters(),
                               *(metrics[k].detach().float().reshape(()) for k in keys)]).tolist()
-        host = {k: values[3 + keys.index(k)] if k in keys else _jsonable(v)
+        host = {k: values[3 + keys.index(k)] if k in keys else jsonable(v)
                 for k, v in metrics.items()}
         return values[0], host, int(values[1]), int(values[2])
-
-    def _check_nonfinite(self, count: int | None = None, first: int | None = None) -> None:
-        """Act on non-finite steps the device has counted since the last check: warn while the
-        ``--skip-nonfinite`` budget lasts, else stop with a debug dump."""
-        if count is None:
-            count, first = (int(v) for v in torch.stack(
-                [self._nonfinite_count, self._first_nonfinite]).tolist())
-        if count <= self.skipped_nonfinite:
-            return
-        new, self.skipped_nonfinite = count - self.skipped_nonfinite, count
-        self._first_nonfinite.fill_(-1)
-        where = f"iteration {first} (epoch {first // self.steps_per_epoch + 1}, batch " \
-                f"{first % self.steps_per_epoch})"
-        if count <= self.cfg.train.skip_nonfinite:
-            self._print(f"warning: non-finite loss at {where}; {new} step(s) skipped by "
-                        f"iteration {self.step} ({count}/{self.cfg.train.skip_nonfinite})")
-            return
-        self._nonfinite_stop(where, first)
-
-    def _nonfinite_stop(self, where: str, first: int) -> None:
-        dump = self.run_dir / f"nonfinite_step{first}.pt"
-        if self.is_main and self._last_step is not None:
-            out, views = self._last_step
-            stats = {}
-            for i, g in enumerate(views.groups):
-                g = g.detach().float()
-                stats[f"views.group{i}"] = torch.stack([g.mean(), g.std(), g.min(), g.max()])
-            torch.save({"where": where, "last_step": self.step - 1,
-                        "loss": out.loss.detach().float().cpu(),
-                        "batch_stats_mean_std_min_max": stats,
-                        "method_debug": {k: v.detach().float().cpu() for k, v in out.debug.items()},
-                        "metrics": {k: _jsonable(v) for k, v in out.metrics.items()}}, dump)
-        kept = self.run_dir / "checkpoints" / "last.pt"
-        raise TrainingStopped(
-            f"loss became non-finite at {where} (seen at iteration {self.step}); debug dump of "
-            f"the last step: {dump}; last good checkpoint: "
-            f"{kept if kept.exists() else 'none yet'} (resume with --resume {self.run_dir}, "
-            f"or allow skipping with --skip-nonfinite N)"
-        )
 
     # ---- the loop ------------------------------------------------------------------------------
     def fit(self) -> RunResult:
@@ -468,7 +408,7 @@ class Trainer:
                         ips = window_n / max(now - window_t, 1e-9)
                         window_t, window_n = now, 0
                         last_loss, metrics, bad, first_bad = self._read_metrics(loss, out.metrics)
-                        self._check_nonfinite(bad, first_bad)
+                        self.nonfinite.check(self.step, bad, first_bad)
                         rec = {"step": self.step, "epoch": self.epoch + 1, "loss": last_loss,
                                "lr": lr, "images_per_s": ips}
                         rec.update({k: v for k, v in metrics.items() if k not in rec})
@@ -481,7 +421,7 @@ class Trainer:
                         progress.advance(task)
                     if (t.checkpoint_every_iters and self.step % t.checkpoint_every_iters == 0
                             and self.batch_in_epoch < self.steps_per_epoch):
-                        self._check_nonfinite()
+                        self.nonfinite.check(self.step)
                         self.save()
                     if self.step >= self.total_steps:
                         break
@@ -490,7 +430,7 @@ class Trainer:
                 if self.batch_in_epoch >= self.steps_per_epoch:
                     self.epoch += 1
                     self.batch_in_epoch = 0
-                self._check_nonfinite()
+                self.nonfinite.check(self.step)
                 self.save()
                 if (t.eval_every_epochs and self.epoch % t.eval_every_epochs == 0
                         and self.epoch < t.epochs and self.batch_in_epoch == 0):

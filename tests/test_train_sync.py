@@ -148,7 +148,7 @@ def test_a_nan_step_is_skipped_on_the_device_and_leaves_the_swav_queue_unchanged
     monkeypatch.setattr(type(method), "forward", poisoned)
     monkeypatch.setattr(type(method), "after_optimizer_step", check_after)
     trainer.fit()
-    assert trainer.skipped_nonfinite == 1 and trainer.step == 6
+    assert trainer.nonfinite.seen == 1 and trainer.step == 6
     assert all(torch.isfinite(q.features).all() for q in method.queues)
 
 
