@@ -277,7 +277,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
                 console=console, show_progress=not args.no_progress)
     counts = ", ".join(f"{s} {v['count'] - len(v['skipped_rows'])}"
                        for s, v in m["splits"].items())
-    skipped = sum(len(v["skipped_rows"]) for v in m["splits"].values())
+    skipped = sum(len(v["skipped_rows"]) + v["skipped_files_at_open"]
+                  for v in m["splits"].values())
     console.print(f"{m['status']}: {args.out} ({counts} images at {m['canvas']} px"
                   + (f", {skipped} unreadable skipped" if skipped else "")
                   + f"); train with --dataset prepared:{args.out}")

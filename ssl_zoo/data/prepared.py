@@ -7,8 +7,9 @@ size kept), and ``--dataset prepared:DIR`` trains from it with no image decoding
 crops are still drawn in each original's geometry. Layout of DIR::
 
     manifest.json          written last, atomically: format, version, canvas, classes, the
-                           source's fingerprint, per split its image count, skipped rows and
-                           each file's byte size and sha256; its own sha256 inside
+                           source's fingerprint, per split its image count, skipped rows (and
+                           bad files left out before), each file's byte size and sha256; its
+                           own sha256 inside
     <split>/images.npy     uint8 (N, 3, canvas, canvas), memory-mapped (rows of skipped files
                            stay zero and are never read)
     <split>/sizes.npy      int32 (N, 2) original (height, width)
@@ -186,7 +187,8 @@ def open_prepared(store: str | Path, image_size: int | None = None) -> DataSplit
             raise DataError(f"{store}/{split}: holds no images")
         labels = np.asarray(arrays["labels.npy"]) if classes else None
         out[split] = PreparedImages(f"prepared:{store}:{split}", store / split, rows, labels,
-                                    classes, image_size, canvas, len(info["skipped_rows"]))
+                                    classes, image_size, canvas,
+                                    len(info["skipped_rows"]) + info["skipped_files_at_open"])
     train = out["train"]
     test = next((out[s] for s in out if s != "train"), None)
     return DataSplits(train, train if train.labels is not None else None, test)
@@ -321,6 +323,7 @@ def prepare(spec: str, out: str | Path, *, canvas: int | None = None, workers: i
     for split, ds in splits.items():
         manifest["splits"][split] = {
             "count": len(ds), "skipped_rows": sorted(skipped[split]),
+            "skipped_files_at_open": ds.skipped_at_open,
             "files": {f: {"bytes": (store / split / f).stat().st_size,
                           "sha256": _sha256(store / split / f)} for f in _FILES}}
     manifest["manifest_sha256"] = _manifest_digest(manifest)
