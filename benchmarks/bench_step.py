@@ -151,7 +151,7 @@ def batches_of(tr: Trainer, n: int = 4) -> list[tuple[torch.Tensor, torch.Tensor
     epoch = 0
     while len(out) < n:
         tr.loader.set_epoch(epoch)
-        for images, index in tr.loader.iterate():
+        for images, index, _ in tr.loader.iterate():
             out.append((images, index))
             if len(out) >= n:
                 break

@@ -47,6 +47,17 @@ def table_views(r: dict) -> str:
     return "\n".join(lines)
 
 
+def table_folder(r: dict) -> str:
+    lines = [f"| pipeline ({r['workers']} workers, {r['images']} JPEGs of 500x375, 2x224 + 6x96) "
+             "| images/s | vs torchvision |", "|---|---|---|"]
+    for row in r["rows"]:
+        lines.append(f"| {row['pipeline']} | {row['images_per_s']:,.1f} | "
+                     f"{row['vs_torchvision']:.2f}x |")
+    lines.append(f"\nStore: {r['store_mib']:.0f} MiB at canvas 256 for {r['folder_mib']:.0f} MiB "
+                 f"of JPEGs; prepare took {r['prepare_s']:.1f} s.")
+    return "\n".join(lines)
+
+
 def table_knn(r: dict) -> str:
     lines = ["| search | time (s) | agreement with sklearn |", "|---|---|---|"]
     for row in r["rows"]:
@@ -175,7 +186,8 @@ def load_step() -> dict | None:
 
 LOADERS = {"step": load_step}
 
-TABLES = {"views": table_views, "knn": table_knn, "swav_vs_lightly": table_swav,
+TABLES = {"views": table_views, "folder": table_folder, "knn": table_knn,
+          "swav_vs_lightly": table_swav,
           "compare": table_compare, "swav_claims": table_claims,
           "loss_scaling_cpu": table_loss_scaling, "ddp_cpu": table_ddp, "step": table_step}
 

@@ -1,4 +1,4 @@
-"""`ssl-zoo train | eval | compare | list | export`.
+"""`ssl-zoo train | eval | compare | list | export | prepare`.
 
 A user's mistake (unknown name, bad config, missing file) prints one line and exits with code 2;
 an interrupted run prints how to resume it and exits with 130.
@@ -17,6 +17,7 @@ from rich.table import Table
 from ssl_zoo import assemble, registry
 from ssl_zoo.checkpoint import load_latest_checkpoint, safe_load
 from ssl_zoo.compare import plan, run_compare
+from ssl_zoo.data.prepared import prepare
 from ssl_zoo.errors import UserError
 from ssl_zoo.evaluation.run import RunEvaluation, evaluate_backbone
 from ssl_zoo.export import export_backbone
@@ -34,7 +35,8 @@ def _console():
 def _add_run_args(p: argparse.ArgumentParser, with_method: bool = True) -> None:
     if with_method:
         p.add_argument("--method", help="registered name, or path/to/file.py[:ClassName]")
-    p.add_argument("--dataset", help="demo, npz:PATH, cifar10, cifar100, stl10, folder:PATH")
+    p.add_argument("--dataset", help="demo, npz:PATH, cifar10, cifar100, stl10, folder:PATH, "
+                                     "prepared:DIR")
     p.add_argument("--backbone", help="convnet, resnet18, resnet50, or a torchvision model name")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int, help="images per step on each process")
@@ -89,6 +91,19 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("export", help="write the backbone weights with torchvision key names")
     ex.add_argument("run_dir")
     ex.add_argument("--out", required=True, help="output .pt file")
+
+    pr = sub.add_parser("prepare", help="decode an image folder once into a memory-mapped "
+                                        "store (train from it with --dataset prepared:DIR)")
+    pr.add_argument("source", help="folder:PATH")
+    pr.add_argument("--out", required=True, help="store directory")
+    pr.add_argument("--canvas", type=int, help="stored side in px (default 256): the whole "
+                                               "image, stretched; crops keep its geometry")
+    pr.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+                    help="decoding processes")
+    pr.add_argument("--skip-bad-images", action="store_true",
+                    help="leave unreadable images out (and count them) instead of stopping")
+    pr.add_argument("--overwrite", action="store_true", help="replace another store at --out")
+    pr.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
@@ -262,8 +277,23 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prepare(args: argparse.Namespace) -> int:
+    console = _console()
+    m = prepare(args.source, args.out, canvas=args.canvas, workers=args.workers,
+                skip_bad_images=args.skip_bad_images, overwrite=args.overwrite,
+                console=console, show_progress=not args.no_progress)
+    counts = ", ".join(f"{s} {v['count'] - len(v['skipped_rows'])}"
+                       for s, v in m["splits"].items())
+    skipped = sum(len(v["skipped_rows"]) + v["skipped_files_at_open"]
+                  for v in m["splits"].values())
+    console.print(f"{m['status']}: {args.out} ({counts} images at {m['canvas']} px"
+                  + (f", {skipped} unreadable skipped" if skipped else "")
+                  + f"); train with --dataset prepared:{args.out}")
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "list": cmd_list, "eval": cmd_eval, "compare": cmd_compare,
-            "export": cmd_export}
+            "export": cmd_export, "prepare": cmd_prepare}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -92,8 +92,8 @@ def compile_modules(method: Method) -> None:
 
 
 def prefetch(batches, device: torch.device):
-    """The loader's (images, index) batches; on CUDA the next batch is copied (from pinned
-    memory, on a side stream) while the current step computes."""
+    """The loader's (images, index, sizes) batches (sizes may be None); on CUDA the next batch
+    is copied (from pinned memory, on a side stream) while the current step computes."""
     if device.type != "cuda":
         yield from batches
         return
@@ -101,7 +101,8 @@ def prefetch(batches, device: torch.device):
 
     def copy(batch):
         with torch.cuda.stream(stream):
-            return tuple(x.to(device, non_blocking=True) for x in batch)
+            return tuple(x.to(device, non_blocking=True) if x is not None else None
+                         for x in batch)
 
     it = iter(batches)
     nxt = next(it, None)
@@ -109,7 +110,8 @@ def prefetch(batches, device: torch.device):
     while pending is not None:
         torch.cuda.current_stream(device).wait_stream(stream)
         for x in pending:
-            x.record_stream(torch.cuda.current_stream(device))
+            if x is not None:
+                x.record_stream(torch.cuda.current_stream(device))
         current = pending
         nxt = next(it, None)
         pending = copy(nxt) if nxt is not None else None
@@ -210,10 +212,11 @@ class Trainer:
             drop_last=False, rank=self.rank, world_size=self.world_size,
             num_workers=self.cfg.train.num_workers,
         )
-        for images, index in loader.iterate():
+        for images, index, sizes in loader.iterate():
             images = images.to(self.device, non_blocking=True)
-            yield (eval_view(images, self.image_size, self.view_spec.mean, self.view_spec.std),
-                   index.to(self.device))
+            sizes = sizes.to(self.device) if sizes is not None else None
+            yield (eval_view(images, self.image_size, self.view_spec.mean, self.view_spec.std,
+                             sizes=sizes), index.to(self.device))
 
     # ---- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -286,8 +289,10 @@ class Trainer:
             self.runlog.log(record)
 
     # ---- one iteration ------------------------------------------------------------------------
-    def _train_step(self, images: torch.Tensor, index: torch.Tensor):
-        """One optimiser step; returns the detached loss (a device tensor), the step output,
+    def _train_step(self, images: torch.Tensor, index: torch.Tensor,
+                    sizes: torch.Tensor | None = None):
+        """One optimiser step (``sizes``: the images' original sizes, when they are canvases of
+        real-size images); returns the detached loss (a device tensor), the step output,
         the views and the lr. Nothing in it reads a device value on the host: a non-finite
         loss skips the update on the device (the optimiser's ``found_inf``, as GradScaler does),
         the methods mask their state updates with ``ctx.step_ok``, and the count reaches the
@@ -299,7 +304,9 @@ class Trainer:
             g["lr"] = lr
         torch.manual_seed(step_seed(t.seed, self.step, self.rank))
         images = images.to(self.device, non_blocking=True)
-        views: Views = make_views(images, self.view_spec)
+        if sizes is not None:
+            sizes = sizes.to(self.device, non_blocking=True)
+        views: Views = make_views(images, self.view_spec, sizes=sizes)
         if self.channels_last:
             views = Views([g.contiguous(memory_format=torch.channels_last)
                            for g in views.groups], views.counts)
@@ -394,10 +401,10 @@ class Trainer:
                         completed=self.batch_in_epoch, loss=float("nan"), lr=0.0, ips=0.0)
                 loss = None
                 batches = self.loader.iterate(start_batch=self.batch_in_epoch)
-                for images, index in prefetch(batches, self.device):
+                for images, index, sizes in prefetch(batches, self.device):
                     self.ctx.log_step = ((self.step + 1) % t.log_every_iters == 0
                                          or self.step + 1 == self.total_steps)
-                    loss, out, views, lr = self._train_step(images, index)
+                    loss, out, views, lr = self._train_step(images, index, sizes)
                     self.step += 1
                     self.batch_in_epoch += 1
                     n = images.shape[0] * self.world_size

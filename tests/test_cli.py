@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from ssl_zoo.cli import main
+from ssl_zoo.train import Trainer
 
 
 def _train(args, capsys=None):
@@ -40,8 +41,6 @@ def test_user_mistakes_are_one_line_errors(tmp_path, capsys, args, message):
 
 def test_toy_method_from_file_trains_checkpoints_and_resumes(tmp_path, toy_method_file, capsys,
                                                              monkeypatch):
-    from ssl_zoo.train import Trainer
-
     common = ["--method", f"{toy_method_file}:Toy", "--dataset", "demo", "--batch-size", "64",
               "--epochs", "2", "--no-eval", "--set", "train.checkpoint_every_iters=10"]
     full = tmp_path / "full"
@@ -56,10 +55,10 @@ def test_toy_method_from_file_trains_checkpoints_and_resumes(tmp_path, toy_metho
     # interrupt a second run mid-epoch (after iteration 25; last checkpoint at 20), then resume
     original = Trainer._train_step
 
-    def interrupted(self, images, index):
+    def interrupted(self, images, index, sizes=None):
         if self.step == 25:
             raise KeyboardInterrupt
-        return original(self, images, index)
+        return original(self, images, index, sizes)
 
     part = tmp_path / "part"
     monkeypatch.setattr(Trainer, "_train_step", interrupted)

@@ -70,7 +70,12 @@ def readme_world(tmp_path, monkeypatch):
 
 
 def _stand_in(argv: list[str], world: Path) -> list[str]:
-    return [a.replace("folder:/data/imagenet", f"folder:{world / 'imagenet'}") for a in argv]
+    """The README's data paths pointed at the stand-ins (and nothing written outside)."""
+    out = []
+    for a in argv:
+        a = a.replace("/data/imagenet-256", str(world / "imagenet-256"))
+        out.append(a.replace("/data/imagenet", str(world / "imagenet")))
+    return out
 
 
 def test_the_readme_has_the_commands_this_test_covers():

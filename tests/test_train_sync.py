@@ -13,6 +13,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ssl_zoo.assemble import resolve
+from ssl_zoo.data.views import make_views
 from ssl_zoo.train import Trainer
 
 ALWAYS_SYNC = {
@@ -85,9 +86,9 @@ def _steps_syncs(trainer: Trainer, monkeypatch) -> list[list[str]]:
     per_step: list[list[str]] = []
     step = Trainer._train_step
 
-    def counted(self, images, index):
+    def counted(self, images, index, sizes=None):
         with SyncCounter() as counter:
-            result = step(self, images, index)
+            result = step(self, images, index, sizes)
         per_step.append(counter.found)
         return result
 
@@ -117,6 +118,46 @@ def test_no_host_sync_in_steady_state_steps(case, tmp_path, monkeypatch):
     assert len(per_step) == 8
     steady = per_step[2:]  # the first steps create optimiser state and cached constants
     assert steady == [[]] * len(steady), steady
+
+
+def _non_square_folder(root):
+    """24 images of 5 shapes (4:3, 3:4, 1:2, tiny, wide) in 2 classes."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    shapes = [(30, 40), (40, 30), (24, 12), (6, 5), (10, 40)]
+    for i in range(24):
+        h, w = shapes[i % len(shapes)]
+        (root / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(
+            root / f"c{i % 2}" / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("source", ["folder", "prepared"])
+def test_no_host_sync_with_real_size_images(source, tmp_path, monkeypatch):
+    """Original sizes travel as a device tensor; boxes, fallback and canvas mapping are
+    per-sample tensor code."""
+    from ssl_zoo.data.prepared import prepare
+
+    folder = _non_square_folder(tmp_path / "imgs")
+    spec = f"folder:{folder}"
+    if source == "prepared":
+        prepare(spec, tmp_path / "store", canvas=18, workers=0, show_progress=False)
+        spec = f"prepared:{tmp_path / 'store'}"
+    sets = ["method=swav", f"dataset={spec}", "image_size=16", "train.batch_size=8",
+            "train.epochs=4", "method.num_prototypes=8", "train.num_workers=0"]
+    trainer = _trainer(tmp_path, sets)
+    seen = []
+    def recording(images, spec, generator=None, sizes=None):
+        seen.append(sizes)
+        return make_views(images, spec, generator, sizes)
+
+    monkeypatch.setattr("ssl_zoo.train.make_views", recording)
+    per_step = _steps_syncs(trainer, monkeypatch)
+    assert len(per_step) == 8 and all(s is not None and s.shape == (8, 2) for s in seen)
+    assert per_step[2:] == [[]] * 6, per_step
 
 
 def test_a_nan_step_is_skipped_on_the_device_and_leaves_the_swav_queue_unchanged(
@@ -160,13 +201,13 @@ def test_no_host_sync_on_cuda(case, tmp_path, monkeypatch):
     step = Trainer._train_step
     calls = []
 
-    def checked(self, images, index):
+    def checked(self, images, index, sizes=None):
         calls.append(1)
         if len(calls) <= 2:
-            return step(self, images, index)
+            return step(self, images, index, sizes)
         torch.cuda.set_sync_debug_mode("error")
         try:
-            return step(self, images, index)
+            return step(self, images, index, sizes)
         finally:
             torch.cuda.set_sync_debug_mode("default")
 

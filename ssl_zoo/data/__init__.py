@@ -1,6 +1,7 @@
-"""Data: dataset sources -> uint8 image batches (``sources``, ``loader``); batched views
-(``views``)."""
+"""Data: dataset sources -> uint8 image batches (``sources``, ``loader``; ``prepared``: the
+store ``ssl-zoo prepare`` writes, registered as ``prepared:``); batched views (``views``)."""
 
+from ssl_zoo.data import prepared  # noqa: F401  (registers the prepared: source)
 from ssl_zoo.data.loader import BatchLoader
 from ssl_zoo.data.sources import (
     SOURCES,

@@ -10,11 +10,17 @@ batches and the remainder (< one global batch) is left out this epoch; without i
 permutation is padded by wrapping around to a multiple of W (a few images repeated, as in
 ``DistributedSampler``) and each rank's last batch may be short.
 
+Every batch is ``(images, index, sizes)``: ``sizes`` is None for datasets whose images are
+their own originals, else the int64 (b, 2) original (height, width) of each canvas (folders,
+prepared stores), which travels to the device with the batch and into the views.
+
 In-memory datasets are indexed in the main process (no DataLoader: one tensor gather per
-batch). Lazy (folder) datasets go through a ``torch.utils.data.DataLoader`` whose batch sampler
-is the same index order; decoding and resizing happen in its worker processes, which send
-back a batch tensor, an ok-mask and the error texts; the main process then replaces or reports
-bad images (``FolderImages.assemble``).
+batch). Lazy (folder, prepared) datasets go through one ``torch.utils.data.DataLoader`` per
+``BatchLoader`` whose workers persist across epochs (no restart per epoch) and fetch whole
+batches (``dataset.fetch``), ``LOADER_PREFETCH`` batches ahead per worker; its batch sampler is
+the current epoch's index order. The workers send back a batch tensor, an ok-mask, the error
+texts and the sizes; the main process then replaces or reports bad images
+(``FolderImages.assemble``).
 """
 
 from __future__ import annotations
@@ -26,28 +32,43 @@ from torch.utils.data import DataLoader, Dataset
 
 from ssl_zoo.errors import DataError
 
+LOADER_PREFETCH = 4
+"""Batches each loader worker prepares ahead (DataLoader ``prefetch_factor``)."""
 
-class _Decode(Dataset):
-    """Per-index decoding of a lazy dataset; runs in DataLoader workers and never raises."""
+
+class _Batches(Dataset):
+    """Whole batches of a lazy dataset (``__getitems__``: one worker call and one message per
+    batch, not per image); runs in DataLoader workers and never raises on a bad file."""
 
     def __init__(self, ds):
         self.ds = ds
-        self.blank = torch.zeros((3, ds.image_size, ds.image_size), dtype=torch.uint8)
 
     def __len__(self) -> int:
         return len(self.ds)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, bool, int, str]:
-        img, why = self.ds.decode_or_none(i)
-        return (img, True, i, "") if img is not None else (self.blank, False, i, why)
+    def __getitem__(self, i: int):
+        return self.ds.fetch([i])
+
+    def __getitems__(self, indices: list[int]):
+        return self.ds.fetch(indices)
 
 
-def _collate(items) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
-    """One uint8 batch tensor per worker message (not one shared-memory tensor per image)."""
-    images = torch.stack([x for x, _, _, _ in items])
-    ok = torch.tensor([o for _, o, _, _ in items], dtype=torch.bool)
-    index = torch.tensor([i for _, _, i, _ in items], dtype=torch.long)
-    return images, ok, index, [e for _, _, _, e in items]
+def _as_is(batch):
+    return batch
+
+
+class _CurrentBatches:
+    """A batch sampler whose batches the ``BatchLoader`` sets before each pass (so the same
+    DataLoader, and its persistent workers, serve every epoch)."""
+
+    def __init__(self):
+        self.batches: list[list[int]] = []
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -57,7 +78,8 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
 
 
 class BatchLoader:
-    """Seeded, rank-sharded batches ``(uint8 images (b, 3, S, S), dataset index int64 (b,))``."""
+    """Seeded, rank-sharded batches ``(uint8 images (b, 3, S, S), dataset index int64 (b,),
+    original sizes int64 (b, 2) or None)``."""
 
     def __init__(self, dataset, batch_size: int, *, shuffle: bool = True, drop_last: bool = True,
                  seed: int = 0, rank: int = 0, world_size: int = 1, num_workers: int = 0,
@@ -78,6 +100,8 @@ class BatchLoader:
         self.drop_last, self.seed, self.rank, self.world = drop_last, seed, rank, world_size
         self.num_workers, self.pin_memory = max(0, num_workers), pin_memory
         self.epoch = 0
+        self._sampler: _CurrentBatches | None = None
+        self._workers: DataLoader | None = None
 
     def set_epoch(self, epoch: int) -> None:
         """Use epoch ``epoch``'s permutation from now on (the same on every rank)."""
@@ -109,18 +133,43 @@ class BatchLoader:
         idx = self.indices()[start_batch * self.batch_size:]
         return list(idx.split(self.batch_size)) if len(idx) else []
 
-    def iterate(self, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def iterate(self, start_batch: int = 0
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
         """The epoch's batches from ``start_batch`` on; earlier ones are skipped, not loaded."""
         batches = self.batch_indices(start_batch)
         if not batches:
             return
         if not getattr(self.dataset, "lazy", False):
             for b in batches:
-                images = self.dataset.load(b)
-                yield (images.pin_memory() if self.pin_memory else images), b
+                images, index, sizes = self.dataset.load_batch(b)
+                if self.pin_memory:
+                    images = images.pin_memory()
+                    sizes = sizes.pin_memory() if sizes is not None else None
+                yield images, index, sizes
             return
-        loader = DataLoader(_Decode(self.dataset), batch_sampler=[b.tolist() for b in batches],
-                            num_workers=min(self.num_workers, len(batches)),
-                            collate_fn=_collate, pin_memory=self.pin_memory)
-        for images, ok, index, errors in loader:
-            yield self.dataset.assemble(images, ok, index, errors)
+        if self.num_workers == 0:
+            for b in batches:
+                yield self.dataset.assemble(*self.dataset.fetch(b.tolist()))
+            return
+        if self._workers is None:
+            self._sampler = _CurrentBatches()
+            self._workers = DataLoader(
+                _Batches(self.dataset), batch_sampler=self._sampler,
+                num_workers=self.num_workers, collate_fn=_as_is, pin_memory=self.pin_memory,
+                persistent_workers=True, prefetch_factor=LOADER_PREFETCH)
+        self._sampler.batches = [b.tolist() for b in batches]
+        for images, ok, index, errors, sizes in self._workers:
+            yield self.dataset.assemble(images, ok, index, errors, sizes)
+
+
+def fetch_in_workers(dataset, batches: list[list[int]], num_workers: int = 0
+                     ) -> Iterator[tuple]:
+    """A lazy dataset's raw ``fetch`` results for ``batches``, in order, decoded in
+    ``num_workers`` worker processes (0: here), bad rows left as they are (``ok`` False)."""
+    if num_workers == 0:
+        for b in batches:
+            yield dataset.fetch(b)
+        return
+    yield from DataLoader(_Batches(dataset), batch_sampler=batches,
+                          num_workers=min(num_workers, len(batches)) or 1, collate_fn=_as_is,
+                          prefetch_factor=LOADER_PREFETCH)

@@ -1,4 +1,5 @@
-"""Dataset sources: every source becomes square uint8 images (3, S, S) plus labels where known.
+"""Dataset sources: every source becomes square uint8 images (3, S, S) plus labels where known,
+and, for real-size images (folders, prepared stores), each image's original size.
 
 Spec strings (``open_source``):
 
@@ -12,11 +13,15 @@ Spec strings (``open_source``):
   the kNN memory and the linear probe use the 5,000 labelled train images, test is test.
 - ``folder:PATH``: image files; class sub-folders become labels (sorted names), a flat folder is
   unlabelled; ``PATH/train`` with ``PATH/test`` (or ``PATH/val``) become the splits.
+- ``prepared:DIR``: a store ``ssl-zoo prepare`` wrote (``ssl_zoo.data.prepared``).
 
-In-memory sources are one uint8 tensor and index in the main process. Folder images are decoded
-lazily, in the loader's worker processes: shorter side resized to the working size (default
-``DEFAULT_FOLDER_SIZE`` = 64 px; ``image_size`` changes it), then centre-cropped to a square.
-``image_size`` also resizes in-memory sources once, at open time, when it differs from theirs.
+In-memory sources are one uint8 tensor and index in the main process; ``image_size`` resizes
+them once, at open time, when it differs from theirs, and they are their own originals. Folder
+images are decoded lazily, in the loader's worker processes, whole, into a square canvas of
+``folder_canvas(image_size)`` px (the evaluation resize size: 256 for 224), with their original
+(height, width) kept beside them (``ssl_zoo.data.decode``): crops are drawn in each original's
+geometry, and ``image_size`` (default ``DEFAULT_FOLDER_SIZE`` = 64 px) is the size the model
+sees (the default global crop and the evaluation view), not a pre-crop of the image.
 
 Bad folder files are found in two layers. At open time each file is checked cheaply (its
 suffix, then a PIL header parse and ``Image.verify``; about 30 us per JPEG, 90 us per PNG,
@@ -42,6 +47,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ssl_zoo.data.decode import decode_image
+from ssl_zoo.data.views import EVAL_CROP_FRACTION
 from ssl_zoo.errors import DataError, suggest
 
 DEMO_PATH = Path(__file__).with_name("demo") / "cifar10_demo.npz"
@@ -63,10 +70,11 @@ class ImageDataset:
     """Images addressed by index; ``load(index)`` gives uint8 (b, 3, S, S) on the CPU.
 
     ``labels`` is int64 (N,) with -1 for unlabelled images, or None when nothing is labelled.
-    A ``lazy`` dataset is read by the loader through DataLoader workers and must also have
-    ``decode_or_none(i) -> (uint8 (3, S, S) | None, why)`` (run in the workers) and
-    ``assemble(images, ok, index, whys) -> (images, index)`` (run in the main process), as
-    ``FolderImages`` does.
+    ``image_size`` is the size the model sees. A ``lazy`` dataset is read by the loader through
+    DataLoader workers and must also have ``fetch(indices) -> (images, ok, index, whys,
+    sizes)`` (run in the workers) and ``assemble(images, ok, index, whys, sizes) -> (images,
+    index, sizes)`` (run in the main process), as ``FolderImages`` does; its images are
+    canvases of originals whose (height, width) ``sizes`` (b, 2) travel with them.
     """
 
     name: str = ""
@@ -81,6 +89,11 @@ class ImageDataset:
 
     def load(self, index: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def load_batch(self, index: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(images, index, original sizes (b, 2) or None when the images are their own)."""
+        return self.load(index), index, None
 
     def __repr__(self) -> str:
         kind = "unlabelled" if self.labels is None else f"{len(self.classes or [])} classes"
@@ -419,26 +432,11 @@ def _stl10(root: Path, download: bool, image_size: int | None) -> DataSplits:
 # --------------------------------------------------------------------------------------------
 # image folders
 # --------------------------------------------------------------------------------------------
-def decode_image(path: str | Path, size: int) -> torch.Tensor:
-    """One image file as uint8 (3, size, size): EXIF orientation applied, shorter side resized
-    to ``size`` (antialiased bilinear), centre crop. Raises on unreadable files."""
-    from PIL import Image, ImageOps
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # palette transparency, EXIF and bomb warnings
-        with Image.open(path) as im:
-            im.draft("RGB", (size, size))  # JPEG: decode at 1/2, 1/4, 1/8 scale when >= size
-            im = ImageOps.exif_transpose(im)
-            if im.mode not in ("RGB", "L"):
-                im = im.convert("RGBA" if "transparency" in im.info or "A" in im.mode
-                                else "RGB")
-            im = im.convert("RGB")
-            w, h = im.size
-            side = min(w, h)
-            left, top = (w - side) / 2, (h - side) / 2
-            im = im.resize((size, size), Image.BILINEAR, box=(left, top, left + side, top + side))
-            arr = np.asarray(im, dtype=np.uint8)
-    return torch.from_numpy(arr.transpose(2, 0, 1).copy())
+def folder_canvas(image_size: int) -> int:
+    """Canvas side (px) folder images are decoded into for ``image_size``-px views: the
+    evaluation view's resize size (256 for 224), so its centre crop of a square image is read at
+    full resolution."""
+    return max(image_size, int(image_size / EVAL_CROP_FRACTION))
 
 
 def _why(exc: Exception) -> str:
@@ -468,20 +466,22 @@ def check_image_file(path: Path) -> str | None:
 
 
 class FolderImages(ImageDataset):
-    """Image files decoded on demand (in loader workers) and resized to ``image_size``.
+    """Image files decoded on demand (in loader workers), whole, into ``canvas_size`` canvases,
+    with their original sizes; ``image_size`` is the size the model sees.
 
-    ``decode_or_none`` runs in the workers; ``assemble`` runs in the main process and either
-    raises on a bad file or, with ``skip_bad``, replaces it by another image of its batch.
+    ``fetch`` runs in the workers; ``assemble`` runs in the main process and either raises on a
+    bad file or, with ``skip_bad``, replaces it by another image of its batch.
     """
 
     lazy = True
 
     def __init__(self, name: str, files: list[Path], labels: list[int] | None,
                  classes: list[str] | None, image_size: int, *, skip_bad: bool = False,
-                 skipped_at_open: int = 0):
+                 skipped_at_open: int = 0, canvas_size: int | None = None):
         if not files:
             raise DataError(f"{name}: holds no images")
         self.name, self.files, self.classes, self.image_size = name, files, classes, image_size
+        self.canvas_size = canvas_size or folder_canvas(image_size)
         self.labels = torch.tensor(labels, dtype=torch.long) if labels is not None else None
         self.skip_bad = skip_bad
         self.skipped_at_open = skipped_at_open
@@ -494,56 +494,77 @@ class FolderImages(ImageDataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def decode_or_none(self, i: int) -> tuple[torch.Tensor | None, str]:
-        """Image ``i`` or (None, why): what a worker sends back instead of raising."""
+    def decode_or_none(self, i: int) -> tuple[torch.Tensor | None, tuple[int, int], str]:
+        """Image ``i``'s canvas and original (h, w), or (None, (1, 1), why): what a worker
+        sends back instead of raising."""
         try:
-            return decode_image(self.files[i], self.image_size), ""
+            img, hw = decode_image(self.files[i], self.canvas_size)
+            return img, hw, ""
         except Exception as exc:
-            return None, _why(exc)
+            return None, (1, 1), _why(exc)
+
+    def fetch(self, indices: list[int]):
+        """Decode a batch (in a worker): canvases, ok-mask, index, error texts, sizes."""
+        c = self.canvas_size
+        images = torch.zeros((len(indices), 3, c, c), dtype=torch.uint8)
+        sizes = torch.ones((len(indices), 2), dtype=torch.long)
+        ok = torch.ones(len(indices), dtype=torch.bool)
+        errors = [""] * len(indices)
+        for row, i in enumerate(indices):
+            img, hw, why = self.decode_or_none(i)
+            if img is None:
+                ok[row], errors[row] = False, why
+            else:
+                images[row], sizes[row, 0], sizes[row, 1] = img, hw[0], hw[1]
+        return images, ok, torch.tensor(indices, dtype=torch.long), errors, sizes
 
     def _bad_message(self, i: int, why: str) -> str:
         return f"unreadable image: {self.files[i]} ({why}); pass --skip-bad-images to skip " \
                "such files"
 
     def assemble(self, images: torch.Tensor, ok: torch.Tensor, index: torch.Tensor,
-                 errors: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+                 errors: list[str], sizes: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """A decoded batch with its bad rows replaced (skip_bad) or a ``DataError`` raised.
 
-        A bad row takes the next good row of the same batch (cyclically), with that row's index;
-        a batch without any good row borrows the next decodable images of the dataset.
+        A bad row takes the next good row of the same batch (cyclically), with that row's index
+        and size; a batch without any good row borrows the next decodable images of the dataset.
         """
         if bool(ok.all()):
-            return images, index
+            return images, index, sizes
         bad = (~ok).nonzero().flatten().tolist()
         if not self.skip_bad:
             raise DataError(self._bad_message(int(index[bad[0]]), errors[bad[0]]))
         for b in bad:
             self.bad_while_decoding[int(index[b])] = errors[b]
         good = ok.nonzero().flatten().tolist()
-        images, index = images.clone(), index.clone()
+        images, index, sizes = images.clone(), index.clone(), sizes.clone()
         if not good:  # borrow from the dataset, in the main process (rare: tiny batches)
             j = int(index[0])
             for _ in range(min(_MAX_SUBSTITUTE_TRIES, len(self))):
                 j = (j + 1) % len(self)
-                img, why = self.decode_or_none(j)
+                img, hw, why = self.decode_or_none(j)
                 if img is not None:
                     images[:], index[:] = img, j
-                    return images, index
+                    sizes[:, 0], sizes[:, 1] = hw
+                    return images, index, sizes
                 self.bad_while_decoding[j] = why
             raise DataError(f"{self.name}: no readable image among the files after "
                             f"{self.files[int(index[0])]}")
         for b in bad:
             src = next((g for g in good if g > b), good[0])
-            images[b], index[b] = images[src], index[src]
-        return images, index
+            images[b], index[b], sizes[b] = images[src], index[src], sizes[src]
+        return images, index, sizes
+
+    def load_batch(self, index: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(canvases, index, original sizes), decoded in this process (the loader decodes in
+        workers instead)."""
+        return self.assemble(*self.fetch([int(i) for i in index]))
 
     def load(self, index: torch.Tensor) -> torch.Tensor:
-        """Decode in this process (the loader decodes in workers instead)."""
-        decoded = [self.decode_or_none(int(i)) for i in index]
-        ok = torch.tensor([img is not None for img, _ in decoded], dtype=torch.bool)
-        blank = torch.zeros((3, self.image_size, self.image_size), dtype=torch.uint8)
-        images = torch.stack([img if img is not None else blank for img, _ in decoded])
-        return self.assemble(images, ok, index.clone(), [why for _, why in decoded])[0]
+        """The canvases of ``index``, decoded in this process."""
+        return self.load_batch(index)[0]
 
 
 def _files_under(folder: Path) -> list[Path]:
@@ -666,11 +687,21 @@ SOURCES: dict[str, tuple[Callable[..., DataSplits], str]] = {
     "stl10": (build_stl10, "STL-10, 96 px: train+unlabeled for training, labelled train and "
                            "test for evaluation (--data-root, --download)"),
     "folder": (build_folder, "folder:PATH of images: class sub-folders = labels, train/ and "
-                             f"test/ (or val/) = splits, resized to {DEFAULT_FOLDER_SIZE} px "
-                             "unless image_size is set"),
+                             f"test/ (or val/) = splits; whole images, crops in their own "
+                             f"geometry; views of {DEFAULT_FOLDER_SIZE} px unless image_size is "
+                             "set"),
 }
-NEEDS_PATH = frozenset({"npz", "folder"})
+NEEDS_PATH = {"npz", "folder"}
 """Sources whose spec is ``kind:PATH``."""
+
+
+def register_source(kind: str, builder: Callable[..., DataSplits], description: str, *,
+                    needs_path: bool) -> None:
+    """Add a source kind (``ssl_zoo.data.prepared`` registers ``prepared:`` this way);
+    ``builder(arg, **options)`` when ``needs_path``, else ``builder(**options)``."""
+    SOURCES[kind] = (builder, description)
+    if needs_path:
+        NEEDS_PATH.add(kind)
 
 
 def open_source(spec: str, *, data_root: str | None = None, download: bool = False,

@@ -41,10 +41,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ssl_zoo.data import stats
+from ssl_zoo.data.stats import CIFAR10, IMAGENET
 
-CIFAR_MEAN, CIFAR_STD = stats.CIFAR10
-IMAGENET_MEAN, IMAGENET_STD = stats.IMAGENET
+CIFAR_MEAN, CIFAR_STD = CIFAR10
+IMAGENET_MEAN, IMAGENET_STD = IMAGENET
 
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
 """ITU-R 601-2 luma weights, as torchvision's ``rgb_to_grayscale``."""
@@ -156,22 +156,34 @@ def _rand(shape: tuple[int, ...], device: torch.device, generator) -> torch.Tens
 
 
 def boxes_from_uniforms(u_area: torch.Tensor, u_log_ratio: torch.Tensor, u_top: torch.Tensor,
-                        u_left: torch.Tensor, height: int, width: int,
-                        scale: tuple[float, float], ratio: tuple[float, float]) -> torch.Tensor:
+                        u_left: torch.Tensor, height: int | torch.Tensor,
+                        width: int | torch.Tensor, scale: tuple[float, float],
+                        ratio: tuple[float, float]) -> torch.Tensor:
     """(n, 4) boxes (top, left, h, w) by ``RandomResizedCrop.get_params`` from uniforms.
 
     ``u_area`` and ``u_log_ratio`` are (n, attempts) U[0, 1): try t has area ~ U(scale) x image
     area and log-aspect ~ U(log ratio); the first try that fits is kept and placed at
     top ~ U{0..H-h}, left ~ U{0..W-w} (from ``u_top``, ``u_left``); samples with no fitting try
     get torchvision's fallback, the central crop of the whole image with its aspect clamped.
+    ``height`` and ``width`` are one image size (ints) or each sample's own (n,) tensors (the
+    original size of a real-size image); then the fallback's cases are chosen per sample with
+    ``torch.where``, nothing read back from the device.
     """
-    area = float(height * width)
+    per_sample = isinstance(height, torch.Tensor)
+    if per_sample:
+        height = height.to(u_area.device, torch.float32)
+        width = width.to(u_area.device, torch.float32)
+        area = (height * width).unsqueeze(1)
+        hh, ww = height.unsqueeze(1), width.unsqueeze(1)
+    else:
+        area = float(height * width)
+        hh, ww = height, width
     log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
     target = (u_area * (scale[1] - scale[0]) + scale[0]) * area
     aspect = torch.exp(u_log_ratio * (log_hi - log_lo) + log_lo)
     w = torch.round(torch.sqrt(target * aspect))
     h = torch.round(torch.sqrt(target / aspect))
-    ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    ok = (w > 0) & (w <= ww) & (h > 0) & (h <= hh)
     found = ok.any(1)
     first = ok.to(torch.uint8).argmax(1, keepdim=True)  # index of the first True
     h = h.gather(1, first).squeeze(1)
@@ -179,16 +191,34 @@ def boxes_from_uniforms(u_area: torch.Tensor, u_log_ratio: torch.Tensor, u_top: 
     # torch.randint(0, H - h + 1) drawn as floor(U * (H - h + 1))
     top = torch.minimum(torch.floor(u_top * (height - h + 1)), height - h)
     left = torch.minimum(torch.floor(u_left * (width - w + 1)), width - w)
-    in_ratio = width / height
-    if in_ratio < ratio[0]:
-        fw, fh = width, int(round(width / ratio[0]))
-    elif in_ratio > ratio[1]:
-        fh, fw = height, int(round(height * ratio[1]))
+    if per_sample:
+        fallback = fallback_boxes(height, width, ratio).unbind(1)
     else:
-        fw, fh = width, height
-    fallback = ((height - fh) // 2, (width - fw) // 2, fh, fw)
-    return torch.stack([torch.where(found, v, float(f))
+        in_ratio = width / height
+        if in_ratio < ratio[0]:
+            fw, fh = width, int(round(width / ratio[0]))
+        elif in_ratio > ratio[1]:
+            fh, fw = height, int(round(height * ratio[1]))
+        else:
+            fw, fh = width, height
+        fallback = tuple(float(f) for f in ((height - fh) // 2, (width - fw) // 2, fh, fw))
+    return torch.stack([torch.where(found, v, f)
                         for v, f in zip((top, left, h, w), fallback)], dim=1)
+
+
+def fallback_boxes(height: torch.Tensor, width: torch.Tensor, ratio: tuple[float, float]
+                   ) -> torch.Tensor:
+    """(n, 4) float32 boxes of ``RandomResizedCrop``'s fallback for (n,) image sizes: the whole
+    image, its aspect clamped to ``ratio``, centred; computed in float64 as torchvision's Python
+    floats (round half to even, floor division), one ``torch.where`` per case."""
+    h, w = height.double(), width.double()
+    in_ratio = w / h
+    narrow, wide = in_ratio < ratio[0], in_ratio > ratio[1]
+    fh = torch.where(narrow, torch.round(w / ratio[0]), h)
+    fw = torch.where(wide, torch.round(h * ratio[1]), w)
+    top = torch.div(h - fh, 2, rounding_mode="floor")
+    left = torch.div(w - fw, 2, rounding_mode="floor")
+    return torch.stack([top, left, fh, fw], dim=1).float()
 
 
 def crop_boxes(n: int, height: int, width: int, scale: tuple[float, float],
@@ -259,9 +289,12 @@ def balanced_labels(keys: torch.Tensor, counts: Sequence[int]
     return labels, [perm[a:a + c] for a, c in zip(starts, counts)]
 
 
-def draw_params(n: int, height: int, width: int, g: CropGroup, device: torch.device,
-                generator: torch.Generator | None = None) -> GroupParams:
+def draw_params(n: int, height: int | torch.Tensor, width: int | torch.Tensor, g: CropGroup,
+                device: torch.device, generator: torch.Generator | None = None) -> GroupParams:
     """All random parameters of ``n`` crops of group ``g``, from one (n, 36) block of U[0, 1).
+
+    ``height`` and ``width``: the image size the boxes are drawn in, one for all (ints) or each
+    row's own (n,) tensors (:func:`boxes_from_uniforms`); boxes are in those pixels.
 
     Columns: 10 area + 10 log-aspect tries, top, left, flip, jitter on/off, 4 jitter factors,
     3 sort keys for the order of brightness, contrast and saturation, a key placing the hue
@@ -559,9 +592,31 @@ def _check_batch(images: torch.Tensor) -> None:
                          f"{tuple(images.shape)}")
 
 
+def _check_sizes(sizes: torch.Tensor | None, batch: int) -> None:
+    if sizes is None:
+        return
+    if not isinstance(sizes, torch.Tensor) or sizes.shape != (batch, 2) \
+            or sizes.is_floating_point() or sizes.is_complex():
+        what = tuple(sizes.shape) if isinstance(sizes, torch.Tensor) else type(sizes).__name__
+        raise ValueError(f"expected original sizes as an integer (B, 2) tensor of (height, "
+                         f"width) for a batch of {batch}, got {what}")
+
+
+def canvas_boxes(boxes: torch.Tensor, sizes: torch.Tensor, height: int, width: int
+                 ) -> torch.Tensor:
+    """(n, 4) boxes (top, left, h, w) in original pixels -> the same region of a
+    ``height`` x ``width`` canvas holding the whole image stretched (``sizes`` (n, 2): each row's
+    original (h, w)). Both axes scale linearly, pixel edges to pixel edges, so roi_align on the
+    canvas samples the region the original box covers."""
+    s = sizes.to(boxes.dtype)
+    sy, sx = height / s[:, 0], width / s[:, 1]
+    return boxes * torch.stack([sy, sx, sy, sx], dim=1)
+
+
 @torch.no_grad()
 def make_views(images: torch.Tensor, spec: ViewSpec,
-               generator: torch.Generator | None = None) -> Views:
+               generator: torch.Generator | None = None,
+               sizes: torch.Tensor | None = None) -> Views:
     """Augmented crops of a uint8 (B, 3, H, W) batch, made on the batch's device.
 
     Every random choice is per sample (:func:`draw_params`), drawn with ``generator`` (on its
@@ -569,31 +624,83 @@ def make_views(images: torch.Tensor, spec: ViewSpec,
     with one float32 tensor (count*B, 3, size, size) per crop group, normalised, crop-major
     (rows [k*B:(k+1)*B] are crop k of every image). Made under ``no_grad`` (not
     ``inference_mode``, so the crops can enter autograd).
+
+    ``sizes`` (B, 2), integer, on the batch's device: each image's original (height, width)
+    when the batch holds canvases (the whole image stretched to H x W, as folder and prepared
+    sources store it). Crop boxes are then drawn in each image's own geometry, as
+    ``RandomResizedCrop`` on the original (area fraction, aspect in original pixels, position,
+    fallback), and cut from the canvas at the same place (:func:`canvas_boxes`). None: the
+    images are their own originals.
     """
     _check_batch(images)
     batch, _, height, width = images.shape
+    _check_sizes(sizes, batch)
     device = images.device
     source = torch.empty((2 * batch, 3, height, width), device=device, dtype=torch.float32)
     torch.div(images, 255, out=source[:batch])
     source[batch:] = source[:batch].flip(-1)
     groups = []
     for g in spec.groups:
-        params = draw_params(g.count * batch, height, width, g, device, generator)
+        if sizes is None:
+            params = draw_params(g.count * batch, height, width, g, device, generator)
+        else:
+            rows = sizes.repeat(g.count, 1)  # row k*B + b is image b
+            params = draw_params(g.count * batch, rows[:, 0], rows[:, 1], g, device, generator)
+            params.boxes = canvas_boxes(params.boxes, rows, height, width)
         groups.append(_normalise_(augment_group(source, batch, g, params), spec.mean, spec.std))
     return Views(groups, [g.count for g in spec.groups])
 
 
+def eval_boxes(sizes: torch.Tensor, size: int, crop_fraction: float = EVAL_CROP_FRACTION
+               ) -> torch.Tensor:
+    """(n, 4) float32 boxes (top, left, h, w) in original pixels of the evaluation view of
+    images of (n, 2) original ``sizes``: the region of the original that torchvision's
+    ``Resize(r)`` + ``CenterCrop(size)`` keep (r as :func:`eval_view`), per sample with
+    ``torch.where``. Resize maps pixel edges linearly (factor new/old per axis), so the crop's
+    (top, left, size, size) in resized pixels is (top, left, size, size) x old/new here."""
+    h, w = sizes.double().unbind(1)
+    short, long = torch.minimum(h, w), torch.maximum(h, w)
+    target = torch.where(short > size, float(int(size / crop_fraction)), float(size))
+    resize = short != target
+    new_long = torch.where(resize, torch.floor(target * long / short), long)
+    new_short = torch.where(resize, target, short)
+    nh = torch.where(h <= w, new_short, new_long)
+    nw = torch.where(h <= w, new_long, new_short)
+    # CenterCrop: int(round((H - size) / 2)), round half to even as Python's round
+    top, left = torch.round((nh - size) / 2), torch.round((nw - size) / 2)
+    sy, sx = h / nh, w / nw
+    return torch.stack([top * sy, left * sx, size * sy, size * sx], dim=1).float()
+
+
 @torch.no_grad()
 def eval_view(images: torch.Tensor, size: int, mean=CIFAR_MEAN, std=CIFAR_STD,
-              crop_fraction: float = EVAL_CROP_FRACTION) -> torch.Tensor:
+              crop_fraction: float = EVAL_CROP_FRACTION,
+              sizes: torch.Tensor | None = None) -> torch.Tensor:
     """Deterministic evaluation view of a uint8 (B, 3, H, W) batch, float32 normalised.
 
     Square images of ``size`` pass unchanged. Otherwise the usual ImageNet protocol:
     torchvision ``Resize(r)`` (shorter side to r, bilinear, anti-aliased) with
     r = int(size / crop_fraction) for images larger than ``size`` (256 for 224) and r = size
     for smaller ones, then ``CenterCrop(size)``.
+
+    With ``sizes`` (B, 2) (canvases of originals of those sizes, as :func:`make_views`) the
+    same region of each original (:func:`eval_boxes`) is cut from its canvas and resized to
+    ``size`` with ``roi_align`` (anti-aliased by averaging, as the training crops).
     """
     _check_batch(images)
+    _check_sizes(sizes, images.shape[0])
+    if sizes is not None:
+        from torchvision.ops import roi_align
+
+        x = images.float().div_(255)
+        boxes = canvas_boxes(eval_boxes(sizes, size, crop_fraction), sizes, x.shape[-2],
+                             x.shape[-1])
+        top, left, h, w = boxes.unbind(1)
+        owner = torch.arange(x.shape[0], device=x.device, dtype=x.dtype)
+        rois = torch.stack([owner, left, top, left + w, top + h], dim=1)
+        x = roi_align(x, rois, output_size=(size, size), spatial_scale=1.0, sampling_ratio=-1,
+                      aligned=True)
+        return _normalise_(x, mean, std)
     x = images.float().div_(255)
     h, w = x.shape[-2:]
     if (h, w) != (size, size):

@@ -46,8 +46,10 @@ def extract_features(encoder: nn.Module, dataset, *, image_size: int, mean, std,
                          num_workers=num_workers)
     chunks = []
     try:
-        for images, _ in loader.iterate():
-            x = eval_view(images.to(device, non_blocking=True), image_size, mean, std)
+        for images, _, sizes in loader.iterate():
+            sizes = sizes.to(device) if sizes is not None else None
+            x = eval_view(images.to(device, non_blocking=True), image_size, mean, std,
+                          sizes=sizes)
             chunks.append(encoder(x).float().cpu())
     finally:
         encoder.train(was_training)

@@ -125,9 +125,11 @@ def _method_clusters(method, data, view_spec, device, batch_size) -> torch.Tenso
     method.eval()
     out = []
     try:
-        for images, _ in BatchLoader(data.test, batch_size, shuffle=False,
-                                     drop_last=False).iterate():
-            x = eval_view(images.to(device), data.train.image_size, view_spec.mean, view_spec.std)
+        for images, _, sizes in BatchLoader(data.test, batch_size, shuffle=False,
+                                            drop_last=False).iterate():
+            sizes = sizes.to(device) if sizes is not None else None
+            x = eval_view(images.to(device), data.train.image_size, view_spec.mean, view_spec.std,
+                          sizes=sizes)
             a = method.cluster_assignments(x)
             if a is None:
                 return None

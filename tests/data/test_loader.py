@@ -28,7 +28,7 @@ class _Counting(TensorImages):
 
 
 def _all(loader, start=0):
-    return [i.tolist() for _, i in loader.iterate(start_batch=start)]
+    return [i.tolist() for _, i, _ in loader.iterate(start_batch=start)]
 
 
 def test_order_depends_only_on_seed_and_epoch():
@@ -52,8 +52,9 @@ def test_order_depends_only_on_seed_and_epoch():
     _all(lo)
     lo.set_epoch(2)
     assert _all(lo) == first  # no hidden state carried between epochs
-    images, index = next(BatchLoader(_Counting(23), 4, seed=1).iterate())
+    images, index, sizes = next(BatchLoader(_Counting(23), 4, seed=1).iterate())
     assert torch.equal(images[:, 0, 0, 0].long(), index)  # the images of those indices
+    assert sizes is None  # in-memory images are their own originals
 
 
 @settings(max_examples=60, deadline=None)
@@ -101,8 +102,10 @@ def test_start_batch_skips_exactly_and_loads_nothing_skipped(tmp_path, lazy_work
     for start in range(len(lo) + 1):
         part = list(lo.iterate(start_batch=start))
         assert len(part) == len(full) - start
-        for (xa, ia), (xb, ib) in zip(part, full[start:]):
+        for (xa, ia, sa), (xb, ib, sb) in zip(part, full[start:]):
             assert torch.equal(ia, ib) and torch.equal(xa, xb)
+            assert (sa is None) == (sb is None) == (lazy_workers is None)
+            assert sa is None or torch.equal(sa, sb)
     if lazy_workers is None:
         ds.loaded = 0
         list(lo.iterate(start_batch=5))

@@ -319,18 +319,32 @@ def _write_classes(root, classes=("ant", "bee"), sizes=((40, 30), (64, 64), (20,
             _png(root / cls / f"{i}.png", np.full((h, w, 3), 40 * (c + 1) + i, np.uint8))
 
 
-def test_decode_resizes_shorter_side_and_centre_crops(tmp_path):
+def test_decode_keeps_the_whole_image_stretched_to_the_canvas(tmp_path):
     arr = np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8)  # w 40, h 30
     _png(tmp_path / "a.png", arr)
-    ours = decode_image(tmp_path / "a.png", 12)
-    # as Resize(12) + CenterCrop(12): 40x30 -> 16x12, then columns 2..13
-    ref = np.asarray(Image.fromarray(arr).resize((16, 12), Image.BILINEAR))[:, 2:14]
+    ours, hw = decode_image(tmp_path / "a.png", 12)
+    assert hw == (30, 40) and ours.shape == (3, 12, 12)
+    # the whole image, each axis to 12 px (PIL's bilinear resize of the original)
+    ref = np.asarray(Image.fromarray(arr).resize((12, 12), Image.BILINEAR))
     diff = (ours.int() - torch.from_numpy(ref.transpose(2, 0, 1).astype(np.int32))).abs()
     assert diff.max() <= 1
     grey = np.arange(100, dtype=np.uint8).reshape(10, 10)
     Image.fromarray(grey).save(tmp_path / "g.png")
-    g = decode_image(tmp_path / "g.png", 10)
-    assert torch.equal(g[0], torch.from_numpy(grey)) and torch.equal(g[0], g[2])
+    g, hw = decode_image(tmp_path / "g.png", 10)
+    assert hw == (10, 10) and torch.equal(g[0], torch.from_numpy(grey)) and torch.equal(g[0], g[2])
+
+
+def test_reduced_size_jpeg_decoding_stays_close_to_a_full_decode(tmp_path):
+    """PIL draft (DCT scaling) when the canvas is at most half the file: same picture."""
+    yy, xx = np.mgrid[0:480, 0:640]
+    arr = np.stack([xx * 255 // 639, yy * 255 // 479, (xx + yy) * 255 // 1118], -1)
+    Image.fromarray(arr.astype(np.uint8)).save(tmp_path / "big.jpg", quality=95)
+    ours, hw = decode_image(tmp_path / "big.jpg", 100)
+    assert hw == (480, 640)
+    with Image.open(tmp_path / "big.jpg") as im:
+        full = np.asarray(im.convert("RGB").resize((100, 100), Image.BILINEAR))
+    diff = (ours.int() - torch.from_numpy(full.transpose(2, 0, 1).astype(np.int32))).abs()
+    assert diff.float().mean() < 2 and diff.max() <= 12
 
 
 def test_decode_applies_exif_orientation(tmp_path):
@@ -339,8 +353,11 @@ def test_decode_applies_exif_orientation(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 3  # orientation: rotate 180
     Image.fromarray(arr).save(tmp_path / "r.png", exif=exif)
-    x = decode_image(tmp_path / "r.png", 8)
+    x, _ = decode_image(tmp_path / "r.png", 8)
     assert int(x[0, 7, 7]) == 255 and int(x[0, 0, 0]) == 0
+    exif[0x0112] = 6  # rotate 90: the original size is the rotated one
+    Image.fromarray(np.zeros((6, 10, 3), np.uint8)).save(tmp_path / "q.png", exif=exif)
+    assert decode_image(tmp_path / "q.png", 8)[1] == (10, 6)
 
 
 def test_folder_with_nested_classes(tmp_path):
@@ -348,9 +365,10 @@ def test_folder_with_nested_classes(tmp_path):
     _png(tmp_path / "imgs" / "bee" / "deeper" / "z.png", np.full((24, 24, 3), 99, np.uint8))
     d = open_source(f"folder:{tmp_path}/imgs", image_size=24)
     assert d.train.classes == ["ant", "bee"] and d.train.labels.tolist() == [0, 0, 0, 1, 1, 1, 1]
-    x = d.train.load(torch.arange(7))
-    assert x.shape == (7, 3, 24, 24)
+    x, _, sizes = d.train.load_batch(torch.arange(7))
+    assert x.shape == (7, 3, 27, 27)  # the canvas: 24 / 0.875, the evaluation resize size
     assert x.float().mean((1, 2, 3)).round().tolist() == [40, 41, 42, 80, 81, 82, 99]
+    assert sizes.tolist() == [[30, 40], [64, 64], [50, 20]] * 2 + [[24, 24]]
     assert d.test is None and d.eval_train is d.train
     assert open_source(f"folder:{tmp_path}/imgs").train.image_size == DEFAULT_FOLDER_SIZE
 
@@ -423,18 +441,19 @@ def test_file_failing_only_when_decoded(tmp_path):
     assert "Traceback" not in str(err.value)
     d = open_source(f"folder:{tmp_path}/imgs", image_size=16, skip_bad_images=True)
     batches = list(BatchLoader(d.train, 3, shuffle=False, num_workers=2).iterate())
-    assert [len(i) for _, i in batches] == [3, 3, 3]
+    assert [len(i) for _, i, _ in batches] == [3, 3, 3]
     assert d.train.skipped == 1 and d.train.bad_while_decoding.keys() == {bad_index}
-    for images, index in batches:
+    for images, index, sizes in batches:
         assert bad_index not in index.tolist()
-        assert torch.equal(images, d.train.load(index))  # each row is the image of its index
+        ref_images, _, ref_sizes = d.train.load_batch(index)  # each row is its index's image
+        assert torch.equal(images, ref_images) and torch.equal(sizes, ref_sizes)
 
 
 def test_a_batch_of_only_bad_files_borrows_the_next_good_image(tmp_path):
     _write_classes(tmp_path / "imgs", classes=("ant",), sizes=((16, 16),) * 2)
     _truncated_jpeg(tmp_path / "imgs" / "ant" / "zz.jpg")  # index 2, the last
     d = open_source(f"folder:{tmp_path}/imgs", image_size=16, skip_bad_images=True)
-    images, index = next(BatchLoader(d.train, 1, shuffle=False).iterate(start_batch=2))
+    images, index, _ = next(BatchLoader(d.train, 1, shuffle=False).iterate(start_batch=2))
     assert index.tolist() == [0] and torch.equal(images, d.train.load(torch.tensor([0])))
     assert d.train.skipped == 1
 
@@ -461,8 +480,8 @@ def test_folder_images_are_decoded_in_worker_processes(tmp_path):
     pids = {p.name.split("-")[1] for p in ds.pid_dir.iterdir()}
     assert len(list(ds.pid_dir.iterdir())) == 6 and str(os.getpid()) not in pids
     assert len(main) == len(workers) == 3
-    for (xa, ia), (xb, ib) in zip(main, workers):
-        assert torch.equal(xa, xb) and torch.equal(ia, ib)
+    for (xa, ia, sa), (xb, ib, sb) in zip(main, workers):
+        assert torch.equal(xa, xb) and torch.equal(ia, ib) and torch.equal(sa, sb)
 
 
 # --------------------------------------------------------------------------------------------
@@ -479,5 +498,5 @@ def test_spec_errors(tmp_path):
         open_source("cifar10:/data")
     with pytest.raises(DataError, match="image size must be >= 1"):
         open_source("demo", image_size=-3)
-    assert set(SOURCES) == {"demo", "npz", "cifar10", "cifar100", "stl10", "folder"}
+    assert set(SOURCES) == {"demo", "npz", "cifar10", "cifar100", "stl10", "folder", "prepared"}
     assert all(callable(b) and isinstance(desc, str) and desc for b, desc in SOURCES.values())

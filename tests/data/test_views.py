@@ -588,3 +588,138 @@ def test_balanced_choices_keep_each_rows_probabilities():
         counts = torch.bincount(hue_at[:, row], minlength=4).numpy()
         assert stats.chisquare(counts).pvalue > P_MIN, (row, counts)
         assert stats.binomtest(int(blur[:, row].sum()), draws, 0.5).pvalue > P_MIN
+
+
+# ---------------------------------------------------------------------------------------------
+# real-size images: crops in each original's geometry, cut from a canvas
+# ---------------------------------------------------------------------------------------------
+ORIGINALS = [(375, 500), (300, 400), (100, 50), (6, 5), (3, 9)]
+"""(h, w) of originals: 4:3 landscape, 1:2 portrait, tiny ones smaller than any crop."""
+
+
+def _smooth_original(h: int, w: int, seed: int) -> torch.Tensor:
+    """A float (3, h, w) image of known, low-frequency content: colour ramps and a sine."""
+    g = torch.Generator().manual_seed(seed)
+    yy = torch.linspace(0, 1, h).view(h, 1)
+    xx = torch.linspace(0, 1, w).view(1, w)
+    a, b = torch.rand(2, 3, 1, 1, generator=g)
+    return (0.5 + 0.25 * torch.sin(6 * a * yy + 5 * b * xx + a * 3)
+            + 0.2 * (xx - yy)).clamp(0, 1).expand(3, h, w).contiguous()
+
+
+def _canvas(x: torch.Tensor, side: int) -> torch.Tensor:
+    """The whole float image stretched to side x side, as uint8 (the store's layout)."""
+    y = torch.nn.functional.interpolate(x.unsqueeze(0), size=(side, side), mode="bilinear",
+                                        align_corners=False, antialias=True)
+    return (y[0] * 255).round().clamp(0, 255).to(torch.uint8)
+
+
+def test_per_sample_boxes_equal_the_get_params_loop_on_each_original():
+    n, a = 600, V.CROP_ATTEMPTS
+    u = torch.rand(n, 2 * a + 2, generator=_gen(41))
+    sizes = torch.tensor(ORIGINALS * (n // len(ORIGINALS)))
+    for scale, ratio in [((0.14, 1.0), (3 / 4, 4 / 3)), ((0.05, 0.14), (3 / 4, 4 / 3)),
+                         ((0.6, 1.0), (3 / 4, 4 / 3)), ((5.0, 6.0), (0.8, 1.25))]:
+        ours = V.boxes_from_uniforms(u[:, :a], u[:, a:2 * a], u[:, 2 * a], u[:, 2 * a + 1],
+                                     sizes[:, 0], sizes[:, 1], scale, ratio)
+        ref = torch.cat([_get_params_loop(u[i:i + 1, :a], u[i:i + 1, a:2 * a],
+                                          u[i:i + 1, 2 * a], u[i:i + 1, 2 * a + 1],
+                                          int(h), int(w), scale, ratio)
+                         for i, (h, w) in enumerate(sizes.tolist())])
+        assert (ours != ref).any(1).float().mean() <= 0.005, scale
+
+
+def test_vectorised_fallback_is_torchvisions_on_every_size():
+    sizes = torch.tensor([(10, 40), (40, 10), (20, 20), (375, 500), (7, 3), (1, 1), (2, 9)])
+    for ratio in [(0.8, 1.25), (3 / 4, 4 / 3), (0.5, 2.0)]:
+        ours = V.fallback_boxes(sizes[:, 0], sizes[:, 1], ratio)
+        ref = [T.RandomResizedCrop.get_params(torch.empty(1, h, w), [5.0, 6.0], list(ratio))
+               for h, w in sizes.tolist()]
+        assert ours.tolist() == [list(map(float, r)) for r in ref]
+
+
+@pytest.mark.parametrize("height,width,scale", [
+    (375, 500, (0.14, 1.0)), (375, 500, (0.05, 0.14)), (100, 50, (0.14, 1.0)),
+    (100, 50, (0.08, 1.0)), (6, 5, (0.14, 1.0)), (3, 9, (0.05, 0.14)),
+])
+def test_per_sample_box_distribution_matches_get_params_on_the_original(height, width, scale):
+    n, ratio = 2000, (3 / 4, 4 / 3)
+    hs, ws = torch.full((n,), height), torch.full((n,), width)
+    ours = V.crop_boxes(n, hs, ws, scale, ratio, generator=_gen(42))
+    torch.manual_seed(43)
+    img = torch.empty(1, height, width)
+    ref = torch.tensor([T.RandomResizedCrop.get_params(img, list(scale), list(ratio))
+                        for _ in range(n)], dtype=torch.float32)
+    top, left, h, w = ours.unbind(1)
+    assert (top >= 0).all() and (left >= 0).all() and (h >= 1).all() and (w >= 1).all()
+    assert (top + h <= height).all() and (left + w <= width).all()
+    for name, f in [("area fraction", lambda b: b[:, 2] * b[:, 3] / (height * width)),
+                    ("log aspect", lambda b: torch.log(b[:, 3] / b[:, 2])),
+                    ("centre y", lambda b: (b[:, 0] + b[:, 2] / 2) / height),
+                    ("centre x", lambda b: (b[:, 1] + b[:, 3] / 2) / width)]:
+        a, b = f(ours).numpy(), f(ref).numpy()
+        if (a == a[0]).all() and (b == b[0]).all():  # a tiny image: one possible value
+            assert a[0] == b[0], name
+            continue
+        p = stats.ks_2samp(a, b).pvalue
+        assert p > P_MIN, f"{name}: KS p = {p}"
+
+
+def test_sizes_equal_to_the_images_own_change_nothing():
+    images = _images(6, 24, 44, h=24)
+    spec = _method_views("swav", 24)
+    sizes = torch.full((6, 2), 24)
+    a, b = V.make_views(images, spec, _gen(45)), V.make_views(images, spec, _gen(45), sizes)
+    for x, y in zip(a.groups, b.groups):
+        assert torch.equal(x, y)
+
+
+def test_crop_through_the_canvas_matches_resized_crop_of_the_original():
+    """Tolerance: |ours - torchvision| <= 0.005 on average and 0.03 at most (in [0, 1]) on
+    smooth content: ours reads a 160-px canvas (resized once more) where torchvision reads
+    the original, and averages instead of its triangle filter when shrinking."""
+    originals = [_smooth_original(h, w, s) for s, (h, w) in enumerate([(300, 400), (200, 100),
+                                                                      (150, 150), (90, 300)])]
+    canvas = torch.stack([_canvas(x, 160) for x in originals])
+    sizes = torch.tensor([x.shape[-2:] for x in originals])
+    g = CropGroup(count=3, size=64, **{**NO_AUG, "scale": (0.05, 1.0), "ratio": (3 / 4, 4 / 3),
+                                       "flip_p": 0.5})
+    n, b = g.count * len(originals), len(originals)
+    rows = sizes.repeat(g.count, 1)
+    params = V.draw_params(n, rows[:, 0], rows[:, 1], g, torch.device("cpu"), _gen(46))
+    boxes = params.boxes.clone()  # in original pixels
+    params.boxes = V.canvas_boxes(params.boxes, rows, 160, 160)
+    source = _source(canvas.float() / 255)
+    out = V.augment_group(source, b, g, params)
+    errs = []
+    for r in range(n):
+        top, left, h, w = (int(v) for v in boxes[r])
+        ref = TF.resized_crop(originals[r % b], top, left, h, w, [64, 64], antialias=True)
+        if params.flip[r]:
+            ref = ref.flip(-1)
+        errs.append((out[r] - ref).abs())
+    err = torch.stack(errs)
+    assert err.mean() <= 0.005 and err.max() <= 0.03, (err.mean(), err.max())
+
+
+@pytest.mark.parametrize("size", [224, 56])
+def test_eval_view_of_a_canvas_is_resize_center_crop_of_the_original(size):
+    """Same tolerance as the training crops (0.005 mean, 0.03 max before normalisation)."""
+    shapes = [(375, 500), (500, 375), (300, 300), (120, 90), (40, 60)]
+    originals = [_smooth_original(h, w, s) for s, (h, w) in enumerate(shapes)]
+    canvas = torch.stack([_canvas(x, 256) for x in originals])
+    sizes = torch.tensor(shapes)
+    out = V.eval_view(canvas, size, (0.0,) * 3, (1.0,) * 3, sizes=sizes)
+    assert out.shape == (len(shapes), 3, size, size)
+    for i, x in enumerate(originals):
+        resize = int(size / 0.875) if min(x.shape[-2:]) > size else size
+        ref = T.CenterCrop(size)(T.Resize(resize, antialias=True)(x))
+        err = (out[i] - ref).abs()
+        assert err.mean() <= 0.005 and err.max() <= 0.03, (shapes[i], err.mean(), err.max())
+
+
+def test_bad_sizes_are_refused():
+    with pytest.raises(ValueError, match="original sizes"):
+        V.make_views(_images(2, 8), _spec(size=8), sizes=torch.ones(3, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match="original sizes"):
+        V.eval_view(_images(2, 8), 8, sizes=torch.ones(2, 2))

@@ -667,7 +667,7 @@ def test_frozen_prototypes_stay_bit_identical_through_fp16_grad_scaler_steps(tmp
     start = method.prototypes.weight.detach().clone()
     batches = trainer.loader.iterate()
     for step in range(4):
-        images, index = next(batches)
+        images, index, _ = next(batches)
         before = [p.detach().clone() for p in method.backbone.parameters()]
         scale = trainer.scaler.get_scale()
         loss, out, _, _ = trainer._train_step(images, index)

@@ -1,0 +1,166 @@
+"""Real-size JPEG folders to SwAV crops ready for the step: our folder source, our prepared
+store, and torchvision ImageFolder + a per-image SwAV transform in a DataLoader.
+
+The folder is made here, in a temp dir (nothing is committed): the first ``--images`` images of
+the shared CIFAR-10 subset (``_common.SHARED_NPZ``) upscaled to 500x375 (bicubic) and saved as
+JPEG at quality 90, one sub-folder per class. Every side makes 2x224 + 6x96 crops with the SwAV
+preset (flip, colour jitter 0.8/0.8/0.8/0.2 p=0.8, grayscale 0.2, blur p=0.5) and uses the same
+number of DataLoader workers (``--workers``):
+
+* ours, folder: ``BatchLoader`` over ``folder:`` (workers decode at reduced size into a 256-px
+  canvas, persistent, prefetching), then ``make_views`` on the batch with its original sizes, in
+  the main process;
+* ours, prepared: the same from ``prepared:`` (``ssl-zoo prepare`` at canvas 256, timed apart);
+* torchvision: ``ImageFolder`` + lightly's ``SwaVTransform`` (RandomResizedCrop 224/96 of the
+  decoded original, then the per-image PIL/tensor ops), in a ``DataLoader`` with persistent
+  workers: the path of the official SwAV code, lightly and solo-learn.
+
+Each side is timed over whole passes of the folder (from starting the pass, so no batch is
+ready in advance), ``--rounds`` times, alternating, after one untimed pass each (workers started,
+files in the page cache); the median images/s is kept.
+
+    python benchmarks/bench_folder.py                    # 400 images, 2 workers, 2 rounds
+    python benchmarks/bench_folder.py --images 2000 --workers 8 --out /tmp/res
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import SHARED_NPZ, write_result  # noqa: E402
+
+from ssl_zoo.data.loader import BatchLoader  # noqa: E402
+from ssl_zoo.data.prepared import prepare  # noqa: E402
+from ssl_zoo.data.sources import open_source  # noqa: E402
+from ssl_zoo.data.views import IMAGENET_MEAN, IMAGENET_STD, make_views, multi_crop  # noqa: E402
+
+PHOTO_SIZE = (500, 375)
+"""(width, height) of the generated photos."""
+QUALITY = 90
+
+
+def make_folder(npz: Path, root: Path, n: int) -> None:
+    """``n`` CIFAR-10 images upscaled to 500x375 JPEGs under ``root/<class>/``."""
+    from PIL import Image
+
+    with np.load(npz) as f:
+        x, y = f["x_train"][:n], f["y_train"][:n]
+    for i, (img, label) in enumerate(zip(x, y)):
+        d = root / f"class{int(label)}"
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).resize(PHOTO_SIZE, Image.BICUBIC).save(d / f"{i:05d}.jpg",
+                                                                    quality=QUALITY)
+
+
+class OursLoader:
+    """Our loader (persistent workers) and ``make_views`` with the batch's original sizes."""
+
+    def __init__(self, spec_str: str, spec, batch: int, workers: int):
+        ds = open_source(spec_str, image_size=224).train
+        self.loader = BatchLoader(ds, batch, seed=0, num_workers=workers)
+        self.spec, self.gen = spec, torch.Generator().manual_seed(0)
+
+    def rate(self) -> tuple[float, int]:
+        """Images/s of one whole pass, from starting the iteration to the last crops."""
+        done, start = 0, time.perf_counter()
+        for images, _, sizes in self.loader.iterate():
+            make_views(images, self.spec, self.gen, sizes)
+            done += images.shape[0]
+        return done / (time.perf_counter() - start), done
+
+
+class TorchvisionLoader:
+    """ImageFolder + lightly's SwaVTransform per image, persistent DataLoader workers."""
+
+    def __init__(self, root: Path, batch: int, workers: int):
+        from lightly.transforms import SwaVTransform
+        from torch.utils.data import DataLoader
+        from torchvision.datasets import ImageFolder
+
+        transform = SwaVTransform(
+            crop_sizes=(224, 96), crop_counts=(2, 6), crop_min_scales=(0.14, 0.05),
+            crop_max_scales=(1.0, 0.14), hf_prob=0.5, cj_prob=0.8, cj_strength=1.0,
+            cj_bright=0.8, cj_contrast=0.8, cj_sat=0.8, cj_hue=0.2, random_gray_scale=0.2,
+            gaussian_blur=0.5, sigmas=(0.1, 2.0),
+            normalize={"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)})
+        self.loader = DataLoader(ImageFolder(str(root), transform=transform), batch_size=batch,
+                                 shuffle=True, drop_last=True, num_workers=workers,
+                                 persistent_workers=workers > 0)
+
+    def rate(self) -> tuple[float, int]:
+        """Images/s of one whole pass, from starting the iteration to the last crops."""
+        done, start = 0, time.perf_counter()
+        for views, _ in self.loader:
+            done += views[0].shape[0]
+        return done / (time.perf_counter() - start), done
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--images", type=int, default=400)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--npz", type=Path, default=SHARED_NPZ)
+    p.add_argument("--out", type=Path, default=None,
+                   help="folder for folder.json (default benchmarks/results)")
+    args = p.parse_args()
+    spec = multi_crop(224, 96, 6, (0.14, 1.0), (0.05, 0.14), 1.0, 0.5, 0.0)
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        root, store = Path(tmp) / "photos", Path(tmp) / "store"
+        make_folder(args.npz, root, args.images)
+        folder_bytes = sum(f.stat().st_size for f in root.rglob("*.jpg"))
+        t0 = time.perf_counter()
+        prepare(f"folder:{root}", store, canvas=256, workers=args.workers, show_progress=False)
+        prepare_s = time.perf_counter() - t0
+        store_bytes = sum(f.stat().st_size for f in store.rglob("*") if f.is_file())
+        sides = {"folder": OursLoader(f"folder:{root}", spec, args.batch, args.workers),
+                 "prepared": OursLoader(f"prepared:{store}", spec, args.batch, args.workers),
+                 "torchvision": TorchvisionLoader(root, args.batch, args.workers)}
+        for side in sides.values():  # warm-up pass: workers started, files in the page cache
+            side.rate()
+        rates: dict[str, list[float]] = {k: [] for k in sides}
+        for r in range(args.rounds):
+            for k, side in sides.items():
+                rates[k].append(side.rate()[0])
+            print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:,.1f} img/s"
+                                                 for k, v in rates.items()), flush=True)
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    rows = [
+        {"pipeline": "ours: folder (reduced-size decode in workers, batched views)",
+         "images_per_s": med["folder"]},
+        {"pipeline": "ours: prepared store (memory map, batched views)",
+         "images_per_s": med["prepared"]},
+        {"pipeline": "torchvision ImageFolder + lightly SwaVTransform per image",
+         "images_per_s": med["torchvision"]},
+    ]
+    for row in rows:
+        row["vs_torchvision"] = row["images_per_s"] / med["torchvision"]
+    write_result("folder", {
+        "what": (f"images/s from {args.images} JPEGs of 500x375 (CIFAR-10 upscaled, quality "
+                 f"{QUALITY}) to 2x224 + 6x96 SwAV crops ready for the step (normalised float "
+                 f"tensors), batch {args.batch}, {args.workers} DataLoader workers each, "
+                 f"median of {args.rounds} alternating whole passes after a warm-up pass; "
+                 f"ours runs make_views in the main process with torch's default threads; prepare "
+                 f"(canvas 256) took {prepare_s:.1f} s, not counted"),
+        "images": args.images, "workers": args.workers, "batch": args.batch,
+        "rounds": args.rounds, "prepare_s": prepare_s, "folder_mib": folder_bytes / 2**20,
+        "store_mib": store_bytes / 2**20, "rounds_images_per_s": rates,
+        "load_average_before": load_before, "load_average_after": os.getloadavg()[0],
+        "rows": rows,
+    }, args.out)
+
+
+if __name__ == "__main__":
+    main()
