@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from ssl_zoo.data.decode import decode_image
 from ssl_zoo.data.loader import BatchLoader
 from ssl_zoo.data.sources import (
     DEFAULT_FOLDER_SIZE,
@@ -18,7 +19,6 @@ from ssl_zoo.data.sources import (
     SOURCES,
     FolderImages,
     check_image_file,
-    decode_image,
     open_source,
     resize_images,
 )
