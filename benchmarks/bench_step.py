@@ -436,7 +436,8 @@ def setup_text(args, device: torch.device, stem: str, flags: dict, amp: str) -> 
     where = (torch.cuda.get_device_name(device) if device.type == "cuda"
              else f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads)")
     net = args.backbone + (f" ({stem} stem)" if args.backbone.startswith("resnet") else "")
-    on = [k for k in NEW_FLAGS if flags.get(k)]
+    # channels_last, cudnn_benchmark and tf32 only act on CUDA; compile anywhere
+    on = [k for k in NEW_FLAGS if flags.get(k) and (device.type == "cuda" or k == "compile")]
     return (f"{where}, {net}, batch {args.batch_size}, {amp}"
             + (f", {' '.join(on)}" if on else ""))
 
