@@ -79,6 +79,32 @@ def _get_params_loop(u_area, u_logr, u_top, u_left, height, width, scale, ratio)
     return torch.tensor(out, dtype=torch.float32)
 
 
+def _assert_boxes_like_get_params(ours: torch.Tensor, height: int, width: int, scale, ratio,
+                                  seed: int) -> None:
+    """Our (n, 4) boxes lie inside the image and follow torchvision's
+    ``RandomResizedCrop.get_params`` on a ``height`` x ``width`` image: KS tests of area
+    fraction, log aspect and centre against as many of its draws (a tiny image, where a
+    quantity has one possible value, must match it exactly)."""
+    torch.manual_seed(seed)
+    img = torch.empty(1, height, width)
+    ref = torch.tensor([T.RandomResizedCrop.get_params(img, list(scale), list(ratio))
+                        for _ in range(len(ours))], dtype=torch.float32)
+    for boxes in (ours, ref):  # every box lies inside the image
+        top, left, h, w = boxes.unbind(1)
+        assert (top >= 0).all() and (left >= 0).all() and (h >= 1).all() and (w >= 1).all()
+        assert (top + h <= height).all() and (left + w <= width).all()
+    for name, f in [("area fraction", lambda b: b[:, 2] * b[:, 3] / (height * width)),
+                    ("log aspect", lambda b: torch.log(b[:, 3] / b[:, 2])),
+                    ("centre y", lambda b: (b[:, 0] + b[:, 2] / 2) / height),
+                    ("centre x", lambda b: (b[:, 1] + b[:, 3] / 2) / width)]:
+        a, b = f(ours).numpy(), f(ref).numpy()
+        if (a == a[0]).all() and (b == b[0]).all():  # a tiny image: one possible value
+            assert a[0] == b[0], name
+            continue
+        p = stats.ks_2samp(a, b).pvalue
+        assert p > P_MIN, f"{name}: KS p = {p}"
+
+
 @pytest.mark.parametrize("height,width,scale,ratio", [
     (32, 32, (0.14, 1.0), (3 / 4, 4 / 3)),
     (32, 32, (0.05, 0.14), (3 / 4, 4 / 3)),
@@ -104,20 +130,7 @@ def test_boxes_equal_per_sample_get_params_loop(height, width, scale, ratio):
 def test_box_distribution_matches_torchvision_get_params(height, width, scale, ratio):
     n = 2000
     ours = V.crop_boxes(n, height, width, scale, ratio, generator=_gen(2))
-    torch.manual_seed(3)
-    img = torch.empty(1, height, width)
-    ref = torch.tensor([T.RandomResizedCrop.get_params(img, list(scale), list(ratio))
-                        for _ in range(n)], dtype=torch.float32)
-    for boxes in (ours, ref):  # every box lies inside the image
-        top, left, h, w = boxes.unbind(1)
-        assert (top >= 0).all() and (left >= 0).all() and (h >= 1).all() and (w >= 1).all()
-        assert (top + h <= height).all() and (left + w <= width).all()
-    for name, f in [("area fraction", lambda b: b[:, 2] * b[:, 3] / (height * width)),
-                    ("log aspect", lambda b: torch.log(b[:, 3] / b[:, 2])),
-                    ("centre y", lambda b: (b[:, 0] + b[:, 2] / 2) / height),
-                    ("centre x", lambda b: (b[:, 1] + b[:, 3] / 2) / width)]:
-        p = stats.ks_2samp(f(ours).numpy(), f(ref).numpy()).pvalue
-        assert p > P_MIN, f"{name}: KS p = {p}"
+    _assert_boxes_like_get_params(ours, height, width, scale, ratio, seed=3)
     if height == width:  # no fallback possible: the ranges hold up to rounding of h and w
         frac = ours[:, 2] * ours[:, 3] / (height * width)
         slack = (ours[:, 2] + ours[:, 3] + 1) / (2 * height * width) + 1e-6
@@ -646,23 +659,7 @@ def test_per_sample_box_distribution_matches_get_params_on_the_original(height, 
     n, ratio = 2000, (3 / 4, 4 / 3)
     hs, ws = torch.full((n,), height), torch.full((n,), width)
     ours = V.crop_boxes(n, hs, ws, scale, ratio, generator=_gen(42))
-    torch.manual_seed(43)
-    img = torch.empty(1, height, width)
-    ref = torch.tensor([T.RandomResizedCrop.get_params(img, list(scale), list(ratio))
-                        for _ in range(n)], dtype=torch.float32)
-    top, left, h, w = ours.unbind(1)
-    assert (top >= 0).all() and (left >= 0).all() and (h >= 1).all() and (w >= 1).all()
-    assert (top + h <= height).all() and (left + w <= width).all()
-    for name, f in [("area fraction", lambda b: b[:, 2] * b[:, 3] / (height * width)),
-                    ("log aspect", lambda b: torch.log(b[:, 3] / b[:, 2])),
-                    ("centre y", lambda b: (b[:, 0] + b[:, 2] / 2) / height),
-                    ("centre x", lambda b: (b[:, 1] + b[:, 3] / 2) / width)]:
-        a, b = f(ours).numpy(), f(ref).numpy()
-        if (a == a[0]).all() and (b == b[0]).all():  # a tiny image: one possible value
-            assert a[0] == b[0], name
-            continue
-        p = stats.ks_2samp(a, b).pvalue
-        assert p > P_MIN, f"{name}: KS p = {p}"
+    _assert_boxes_like_get_params(ours, height, width, scale, ratio, seed=43)
 
 
 def test_sizes_equal_to_the_images_own_change_nothing():
