@@ -1,77 +1,131 @@
-"""The SwAV paper's claims, reproduced at small scale, each as a pair of runs on one budget.
+"""The SwAV paper's claims, reproduced at small scale, each as a pair of variants with seeds.
 
 1. multi-crop (2x32 + 4x16) beats 2 crops (2x32) at equal epochs (Sec. 3.2, Table 4 / Fig. 3);
 2. at a small batch with many prototypes, the queue helps (Sec. 4.3, App. A.1);
 3. learned prototypes beat fixed random ones (Sec. 4.3 / App. "prototypes");
 4. Sinkhorn with 3 iterations against 1 (App. A.1 uses 3).
 
-    python benchmarks/bench_claims.py [--n-train 5000] [--epochs 10]
+    python benchmarks/bench_claims.py [--n-train 5000] [--epochs 6] [--seeds 0,1,2] [--jobs 2]
 
-Every run: small ConvNet, first N images of the shared CIFAR-10 subset, Adam, seed 0, kNN top-1
-(k=20, T=0.07 and k=200, T=0.1) on the 10,000 test images.
+Every run: ``ssl-zoo train --method swav`` with its defaults unless the variant says otherwise
+(small ConvNet, batch 128, Adam), first N images of the shared CIFAR-10 subset, kNN top-1 (k=20,
+T=0.07 and k=200, T=0.1) on the 10,000 test images, one run per seed. A claim "holds" only when
+the first variant's mean beats the second's by more than the spread between seeds (the larger
+of the two variants' max-min ranges); "reversed" when the second wins by that much; otherwise
+"within seed noise". Finished runs are kept in ``OUT/results.jsonl`` (resumable).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import statistics
 import sys
-import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import SHARED_NPZ, write_result  # noqa: E402
-from bench_swav import ours, subset_npz  # noqa: E402
+from bench_swav import subset_npz  # noqa: E402
+from bench_swav_sweep import train_one  # noqa: E402
 
-CLAIMS = [
-    ("multi-crop beats 2 crops",
-     ("2x32 + 4x16 (default)", [], 4), ("2x32", [], 0)),
-    ("the queue helps at a small batch with many prototypes (batch 32, K=300)",
-     ("queue 960 from epoch 2", ["train.batch_size=32", "method.num_prototypes=300",
-                                 "method.queue_length=960", "method.queue_start_epoch=2"], 4),
-     ("no queue", ["train.batch_size=32", "method.num_prototypes=300"], 4)),
-    ("learned prototypes beat fixed random ones",
-     ("learned (default)", [], 4), ("fixed random", ["method.learn_prototypes=false"], 4)),
-    ("Sinkhorn with 3 iterations against 1",
-     ("3 iterations (default)", [], 4), ("1 iteration", ["method.sinkhorn_iterations=1"], 4)),
-]
+VARIANTS = {
+    # the default variant also measures the random-init floor (same seed, same backbone)
+    "default": ("defaults (2x32 + 4x16, learned prototypes, 3 iterations)",
+                ["eval.baseline=true"]),
+    "2x32": ("2x32 (no local crops)", ["views.groups.1.count=0"]),
+    "b32+queue": ("batch 32, K=300, queue 960 from epoch 2",
+                  ["train.batch_size=32", "method.num_prototypes=300",
+                   "method.queue_length=960", "method.queue_start_epoch=1"]),
+    "b32": ("batch 32, K=300, no queue", ["train.batch_size=32", "method.num_prototypes=300"]),
+    "fixed": ("fixed random prototypes", ["method.learn_prototypes=false"]),
+    "1iter": ("1 Sinkhorn iteration", ["method.sinkhorn_iterations=1"]),
+}
+CLAIMS = [("multi-crop beats 2 crops", "default", "2x32"),
+          ("the queue helps at a small batch with many prototypes", "b32+queue", "b32"),
+          ("learned prototypes beat fixed random ones", "default", "fixed"),
+          ("3 Sinkhorn iterations beat 1", "default", "1iter")]
+
+
+def stats(values: list[float]) -> dict:
+    return {"mean": statistics.fmean(values), "min": min(values), "max": max(values),
+            "sd": statistics.stdev(values) if len(values) > 1 else None, "n": len(values)}
+
+
+def verdict(a: dict, b: dict) -> tuple[str, float, float]:
+    """(holds | reversed | within seed noise, difference of means, seed spread)."""
+    diff = a["mean"] - b["mean"]
+    noise = max(a["max"] - a["min"], b["max"] - b["min"])
+    if diff > noise:
+        return "holds", diff, noise
+    if -diff > noise:
+        return "reversed", diff, noise
+    return "within seed noise", diff, noise
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--npz", type=Path, default=SHARED_NPZ)
     p.add_argument("--n-train", type=int, default=5000)
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--out", type=Path, default=Path("runs/swav_claims"))
     args = p.parse_args()
     if not args.npz.is_file():
         sys.exit(f"data file not found: {args.npz} (pass --npz)")
-    cache: dict[tuple, dict] = {}
+    seeds = [int(s) for s in args.seeds.split(",")]
+    args.out.mkdir(parents=True, exist_ok=True)
+    npz = args.out / f"subset{args.n_train}.npz"
+    if not npz.exists():
+        subset_npz(args.npz, args.n_train, npz)
+    log = args.out / "results.jsonl"
+    budget = {"n_train": args.n_train, "epochs": args.epochs}
+    runs = [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
+    runs = [r for r in runs if r["budget"] == budget]
+    done = {(r["variant"], r["seed"]) for r in runs}
+    # seeds outermost: every variant has its first seed before any has its third
+    todo = [(v, s) for s in seeds for v in VARIANTS if (v, s) not in done]
+    lock = threading.Lock()
+
+    def work(item):
+        name, seed = item
+        tag = name.replace("+", "_")
+        res = train_one(npz, args.epochs, VARIANTS[name][1], seed,
+                        args.out / f"{tag}_s{seed}_e{args.epochs}")
+        with lock:
+            rec = {"variant": name, "seed": seed, "budget": budget, **res}
+            with log.open("a") as f:
+                f.write(json.dumps(rec) + "\n")
+            runs.append(rec)
+            print(f"{name:10s} seed {seed}: kNN {res['knn_k20']:.4f}", flush=True)
+
+    with ThreadPoolExecutor(args.jobs) as pool:
+        list(pool.map(work, todo))
+
+    def summary(name: str) -> dict:
+        mine = [r for r in runs if r["variant"] == name]
+        return {"variant": name, "label": VARIANTS[name][0], "overrides": VARIANTS[name][1],
+                "seeds": sorted(r["seed"] for r in mine),
+                "knn_k20": stats([r["knn_k20"] for r in mine]),
+                "knn_k200": stats([r["knn_k200"] for r in mine]),
+                "final_loss": statistics.fmean(r["final_loss"] for r in mine)}
+
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        npz = subset_npz(args.npz, args.n_train, tmp / "subset.npz")
-        for claim, *variants in CLAIMS:
-            row = {"claim": claim, "variants": []}
-            for label, sets, n_local in variants:
-                key = (tuple(sets), n_local)
-                if key not in cache:
-                    extra = [x for s in sets for x in ("--set", s)]
-                    res = ours(npz, args.epochs, n_local, tmp / f"run{len(cache)}", extra)
-                    res.pop("config")
-                    cache[key] = res
-                    print(claim, label, res["knn"]["k20_t0.07"]["top1"], flush=True)
-                res = cache[key]
-                row["variants"].append({"label": label, "overrides": sets, "n_local": n_local,
-                                        "knn_k20_top1": res["knn"]["k20_t0.07"]["top1"],
-                                        "knn_k200_top1": res["knn"]["k200_t0.1"]["top1"],
-                                        "final_loss": res["final_loss"],
-                                        "images_per_s": res["images_per_s"]})
-            a, b = row["variants"]
-            row["holds"] = a["knn_k20_top1"] > b["knn_k20_top1"]
-            rows.append(row)
+    for claim, a, b in CLAIMS:
+        va, vb = summary(a), summary(b)
+        word, diff, noise = verdict(va["knn_k20"], vb["knn_k20"])
+        rows.append({"claim": claim, "variants": [va, vb], "verdict": word,
+                     "difference": diff, "seed_spread": noise})
+    floors = [r["random_init_k20"] for r in runs if "random_init_k20" in r]
     write_result("swav_claims", {
         "what": (f"SwAV ablations, small ConvNet, first {args.n_train} images of the shared "
-                 f"CIFAR-10 subset, {args.epochs} epochs, batch 128 unless stated, Adam, seed 0; "
-                 f"kNN top-1 on the 10,000 test images"), "claims": rows})
+                 f"CIFAR-10 subset, {args.epochs} epochs, batch 128 unless stated, Adam, "
+                 f"seeds {args.seeds} per variant ({args.jobs} runs at a time, one thread each); "
+                 f"kNN top-1 on the 10,000 test images, mean ± sd (min-max) over seeds; "
+                 f"'holds' only when the difference of means exceeds the larger max-min range"),
+        "random_init_knn_k20": stats(floors) if floors else None, "claims": rows})
 
 
 if __name__ == "__main__":

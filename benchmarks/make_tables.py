@@ -79,35 +79,67 @@ def table_swav(r: dict) -> str:
     return "\n".join(lines)
 
 
+def spread(x: dict | None, digits: int = 3, scale: float = 1.0) -> str:
+    """mean ± sd over seeds (just the mean for one seed)."""
+    if not x or x.get("mean") is None:
+        return "-"
+    m = f"{x['mean'] * scale:.{digits}f}"
+    return m if x.get("sd") is None else f"{m} ± {x['sd'] * scale:.{digits}f}"
+
+
 def table_compare(r: dict) -> str:
-    lines = ["| method | kNN k=20 T=0.07 | kNN k=200 T=0.1 | linear | NMI | train images/s |"
-             " wall (s) |", "|---|---|---|---|---|---|---|"]
-
-    def h(ev):
-        knn = ev.get("knn") or {}
-        return (f3((knn.get("k20_t0.07") or {}).get("top1")),
-                f3((knn.get("k200_t0.1") or {}).get("top1")),
-                f3((ev.get("linear") or {}).get("test_top1")),
-                f3((ev.get("clustering") or {}).get("nmi")))
-
+    lines = ["| method | kNN k=20 T=0.07 | kNN k=200 T=0.1 | linear | NMI | epochs run | "
+             "train min | train images/s |", "|---|---|---|---|---|---|---|---|"]
+    keys = ("knn_k20", "knn_k200", "linear", "nmi")
     if r.get("random_init"):
-        a, b, c, d = h(r["random_init"])
-        lines.append(f"| random init | {a} | {b} | {c} | {d} | - | - |")
+        cells = " | ".join(spread(r["random_init"].get(k)) for k in keys)
+        lines.append(f"| random init | {cells} | - | - | - |")
     for m in r["methods"]:
-        a, b, c, d = h(m["eval"])
-        lines.append(f"| {m['method']} | {a} | {b} | {c} | {d} | "
-                     f"{f0(m['train']['images_per_s'])} | {f0(m['train']['wall_s'])} |")
+        s = m["stats"]
+        cells = " | ".join(spread(s.get(k)) for k in keys)
+        lines.append(f"| {m['method']} | {cells} | {spread(s.get('epochs'), 0)} | "
+                     f"{spread(s.get('train_s'), 1, 1 / 60)} | "
+                     f"{spread(s.get('images_per_s'), 0)} |")
+    best = max((m for m in r["methods"] if m["method"] != "swav"),
+               key=lambda m: m["stats"]["knn_k20"]["mean"], default=None)
+    swav = next((m for m in r["methods"] if m["method"] == "swav"), None)
+    if best and swav and r.get("random_init"):
+        sw, bb = swav["stats"]["knn_k20"]["mean"], best["stats"]["knn_k20"]["mean"]
+        floor = r["random_init"]["knn_k20"]["mean"]
+        lines.append(f"\nSwAV kNN k=20: {100 * (sw - bb):+.1f} points against the best baseline "
+                     f"({best['method']}), {100 * (sw - floor):+.1f} points above random init.")
     return "\n".join(lines)
 
 
 def table_claims(r: dict) -> str:
-    lines = ["| claim | variant | kNN top-1 k=20 | kNN top-1 k=200 | holds here |",
-             "|---|---|---|---|---|"]
+    lines = ["| claim | variant | seeds | kNN k=20 mean ± sd (min-max) | kNN k=200 mean ± sd | "
+             "difference / seed spread | holds here |", "|---|---|---|---|---|---|---|"]
     for c in r["claims"]:
         for i, v in enumerate(c["variants"]):
-            lines.append(f"| {c['claim'] if i == 0 else ''} | {v['label']} | "
-                         f"{f3(v['knn_k20_top1'])} | {f3(v['knn_k200_top1'])} | "
-                         f"{('yes' if c['holds'] else 'no') if i == 0 else ''} |")
+            k = v["knn_k20"]
+            first = i == 0
+            lines.append(f"| {c['claim'] if first else ''} | {v['label']} | {len(v['seeds'])} | "
+                         f"{spread(k)} ({k['min']:.3f}-{k['max']:.3f}) | {spread(v['knn_k200'])} | "
+                         + (f"{c['difference']:+.3f} / {c['seed_spread']:.3f} | {c['verdict']} |"
+                            if first else " | |"))
+    if r.get("random_init_knn_k20"):
+        lines.append(f"\nRandom init at the same budget and seeds: kNN k=20 "
+                     f"{spread(r['random_init_knn_k20'])}.")
+    return "\n".join(lines)
+
+
+def table_sweep(r: dict) -> str:
+    lines = ["| setting | changes | seeds | kNN k=20 mean | sd | min-max | vs default | "
+             "final loss | images/s |", "|---|---|---|---|---|---|---|---|---|"]
+    base = next((x["knn_k20_mean"] for x in r["rows"] if x["cell"] == "default"), None)
+    for x in r["rows"]:
+        sd = "-" if x["knn_k20_sd"] is None else f"{x['knn_k20_sd']:.3f}"
+        delta = "-" if base is None or x["cell"] == "default" else \
+            f"{x['knn_k20_mean'] - base:+.3f}"
+        lines.append(f"| {x['cell']} | {x['changes']} | {len(x['seeds'])} | "
+                     f"{x['knn_k20_mean']:.3f} | {sd} | {x['knn_k20_min']:.3f}-"
+                     f"{x['knn_k20_max']:.3f} | {delta} | {x['final_loss_mean']:.2f} | "
+                     f"{x['images_per_s_mean']:.0f} |")
     return "\n".join(lines)
 
 
@@ -188,7 +220,7 @@ LOADERS = {"step": load_step}
 
 TABLES = {"views": table_views, "folder": table_folder, "knn": table_knn,
           "swav_vs_lightly": table_swav,
-          "compare": table_compare, "swav_claims": table_claims,
+          "compare": table_compare, "swav_claims": table_claims, "swav_sweep": table_sweep,
           "loss_scaling_cpu": table_loss_scaling, "ddp_cpu": table_ddp, "step": table_step}
 
 

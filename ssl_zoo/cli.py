@@ -16,7 +16,7 @@ from rich.table import Table
 
 from ssl_zoo import assemble, registry
 from ssl_zoo.checkpoint import load_latest_checkpoint, safe_load
-from ssl_zoo.compare import plan, run_compare
+from ssl_zoo.compare import parse_seeds, plan, run_compare
 from ssl_zoo.data.prepared import prepare
 from ssl_zoo.errors import UserError
 from ssl_zoo.evaluation.run import RunEvaluation, evaluate_backbone
@@ -85,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--methods", required=True, help="comma-separated names")
     _add_run_args(cmp, with_method=False)
     cmp.add_argument("--out", default="runs/compare", help="comparison directory")
+    cmp.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2: each method trains once "
+                                     "per seed; the table shows mean ± sd")
+    cmp.add_argument("--minutes", type=float, help="the same training time for every method: "
+                     "epochs fixed from a short timed warm-up (replaces --epochs)")
 
     sub.add_parser("list", help="registered methods, backbones and dataset sources")
 
@@ -261,13 +265,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not methods:
         raise UserError("--methods: give at least one method name")
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else None
+    if args.minutes is not None and not args.minutes > 0:
+        raise UserError(f"--minutes: expected a positive number, got {args.minutes:g}")
+    if args.minutes is not None and args.epochs is not None:
+        raise UserError("--minutes and --epochs: give one budget, not both")
     console = _console()
     runs = plan(methods, assemble.load_files(args.config), _flag_sets(args),
-                open_data=None if args.dry_run else True)
+                open_data=None if args.dry_run else True, seeds=seeds)
     if args.dry_run:
         _print_resolved(console, runs)
         return 0
-    run_compare(runs, args.out, console)
+    run_compare(runs, args.out, console, by_seed=seeds is not None, minutes=args.minutes)
     return 0
 
 

@@ -110,20 +110,40 @@ def training_progress(console) -> Progress:
     )
 
 
+def fmt_spread(s: dict[str, Any] | None, digits: int = 3, scale: float = 1.0) -> str:
+    """``mean`` for one seed, ``mean ± sd`` for several (a spread from :func:`compare.spread`)."""
+    if not s:
+        return "-"
+    mean = fmt(s["mean"] * scale, digits)
+    return mean if s.get("sd") is None else f"{mean} ± {fmt(s['sd'] * scale, digits)}"
+
+
+def comparison_title(budget: dict[str, Any]) -> str:
+    seeds = budget.get("seeds") or []
+    amount = (f"{budget['minutes']:g} minutes of training per method" if "minutes" in budget
+              else f"{budget['epochs']} epochs")
+    images = f" ({budget['train_images']} training images)" if budget.get("train_images") else ""
+    seed_text = (f"seed {seeds[0]}" if len(seeds) == 1
+                 else f"mean ± sd over seeds {','.join(map(str, seeds))}")
+    return (f"{budget['dataset']}{images}, {budget['backbone']}, {amount}, batch "
+            f"{budget['batch_size']}, {seed_text}")
+
+
 def print_comparison(console, result: dict[str, Any]) -> None:
-    b = result["budget"]
-    table = Table(title=f"{b['dataset']}, {b['backbone']}, {b['epochs']} epochs, batch "
-                        f"{b['batch_size']}, seed {b['seed']}", title_justify="left")
-    for col in ("method", "kNN k=20 T=0.07", "kNN k=200 T=0.1", "linear", "NMI", "images/s",
-                "peak MiB", "wall s"):
+    """The ``ssl-zoo compare`` table: each method's headline numbers (mean ± sd over seeds),
+    epochs run and minutes of training, under the random-init floor."""
+    table = Table(title=comparison_title(result["budget"]), title_justify="left")
+    for col in ("method", "kNN k=20 T=0.07", "kNN k=200 T=0.1", "linear", "NMI", "epochs",
+                "train min", "images/s", "peak MiB"):
         table.add_column(col, justify="left" if col == "method" else "right")
+    keys = ("knn_k20", "knn_k200", "linear", "nmi")
     if result.get("random_init"):
-        h = headline(result["random_init"])
-        table.add_row("random init", fmt(h["knn_k20"]), fmt(h["knn_k200"]), fmt(h["linear"]),
-                      fmt(h["nmi"]), "-", "-", "-", style="dim")
-    for r in result["methods"]:
-        h, t = headline(r["eval"]), r["train"]
-        table.add_row(r["method"], fmt(h["knn_k20"]), fmt(h["knn_k200"]), fmt(h["linear"]),
-                      fmt(h["nmi"]), fmt(t["images_per_s"], 0), fmt(t["peak_memory_mb"], 0),
-                      fmt(t["wall_s"], 0))
+        r = result["random_init"]
+        table.add_row("random init", *(fmt_spread(r.get(k)) for k in keys), "-", "-", "-", "-",
+                      style="dim")
+    for m in result["methods"]:
+        s = m["stats"]
+        table.add_row(m["method"], *(fmt_spread(s.get(k)) for k in keys),
+                      fmt_spread(s.get("epochs"), 0), fmt_spread(s.get("train_s"), 1, 1 / 60),
+                      fmt_spread(s.get("images_per_s"), 0), fmt_spread(s.get("peak_memory_mb"), 0))
     console.print(table)

@@ -203,6 +203,17 @@ class Trainer:
                                         self.run_dir, self._print, write_dump=self.is_main)
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.history: list[dict[str, Any]] = []
+        # seconds of training (periodic evaluation excluded), carried across resumes: the
+        # x axis of accuracy against compute, and what `compare --minutes` budgets
+        self._train_s_before = 0.0
+        self._clock: float | None = None
+        self._eval_s = 0.0
+
+    @property
+    def train_seconds(self) -> float:
+        """Training seconds so far, this run's earlier segments included (periodic kNN not)."""
+        now = 0.0 if self._clock is None else time.perf_counter() - self._clock - self._eval_s
+        return self._train_s_before + now
 
     # ---- data for hooks ------------------------------------------------------------------------
     def eval_batches(self, batch_size: int | None = None):
@@ -233,6 +244,7 @@ class Trainer:
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
             "skipped_nonfinite": self.nonfinite.seen,
+            "train_seconds": self.train_seconds,
             "world_size": self.world_size,
             "rng": rng,
         }
@@ -246,6 +258,7 @@ class Trainer:
         self.epoch = int(state["epoch"])
         self.batch_in_epoch = int(state["batch_in_epoch"])
         self.nonfinite.restore(int(state.get("skipped_nonfinite", 0)))
+        self._train_s_before = float(state.get("train_seconds", 0.0))
         torch.set_rng_state(state["rng"]["torch"])
         if "cuda" in state["rng"] and torch.cuda.is_available():
             with contextlib.suppress(Exception):
@@ -383,6 +396,7 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         started = time.perf_counter()
+        self._clock, self._eval_s = started, 0.0
         images_seen = 0
         last_loss = float("nan")
         progress = training_progress(self.console) if self.show_progress else None
@@ -443,6 +457,8 @@ class Trainer:
                         and self.epoch < t.epochs and self.batch_in_epoch == 0):
                     self._periodic_knn()
         wall = time.perf_counter() - started
+        train_s = self.train_seconds
+        self._train_s_before, self._clock = train_s, None
         peak = (torch.cuda.max_memory_allocated(self.device) / 2**20
                 if self.device.type == "cuda" else _rss_mb())
         result = RunResult(self.run_dir, self.step, self.epoch, last_loss,
@@ -452,6 +468,7 @@ class Trainer:
         if self.is_main:
             summary = {"steps": self.step, "epochs": self.epoch, "final_loss": last_loss,
                        "images_per_s": result.images_per_s, "wall_s": wall,
+                       "train_s": train_s,
                        "peak_memory_mb": peak}
             (self.run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         self.runlog.close()
@@ -459,12 +476,15 @@ class Trainer:
 
     # ---- evaluation ----------------------------------------------------------------------------
     def _periodic_knn(self) -> None:
+        started = time.perf_counter()
+        train_s = self.train_seconds
         if self.is_main and self.evaluation is not None:
             acc = self.evaluation.periodic(self.method.backbone, self.device)
             self.method.train()
-            self._log({"step": self.step, "epoch": self.epoch, **acc})
+            self._log({"step": self.step, "epoch": self.epoch, "train_s": train_s, **acc})
         if self.world_size > 1:
             dist.barrier()
+        self._eval_s += time.perf_counter() - started
 
     def _final_eval(self) -> dict[str, Any] | None:
         if self.evaluation is None:

@@ -221,11 +221,36 @@ def knn_curves(curves: Mapping[str, Sequence[tuple[int, float]]], path, *,
     return _save(fig, path)
 
 
+def knn_bands(curves: Mapping[str, Sequence[tuple[float, float, float, float]]], path, *,
+              xlabel: str, ylabel: str = "kNN top-1 (k=20, T=0.07)",
+              floor: float | None = None) -> Path:
+    """One line per method through (x, mean) with a shaded band from min to max (over seeds;
+    no band where they are equal); ``floor`` draws the random-init level."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for name, pts in curves.items():
+        pts = sorted((float(x), float(m), float(lo), float(hi)) for x, m, lo, hi in pts)
+        xs = [p[0] for p in pts]
+        (line,) = ax.plot(xs, [p[1] for p in pts], marker="o", ms=3, label=name)
+        if any(p[3] > p[2] for p in pts):
+            ax.fill_between(xs, [p[2] for p in pts], [p[3] for p in pts],
+                            color=line.get_color(), alpha=0.2, lw=0)
+    if floor is not None:
+        ax.axhline(floor, color="grey", ls="--", lw=1, label="random init")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(frameon=False, fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
 def metric_bars(finals: Mapping[str, Mapping[str, float | None]], path, *,
-                metrics: Sequence[str] | None = None) -> Path:
+                metrics: Sequence[str] | None = None,
+                ranges: Mapping[str, Mapping[str, tuple[float, float]]] | None = None) -> Path:
     """Grouped bars: each metric for each method (a missing value draws no bar), value on top.
 
-    ``metrics`` defaults to those of (knn_k20, knn_k200, linear, nmi) that any method has.
+    ``metrics`` defaults to those of (knn_k20, knn_k200, linear, nmi) that any method has;
+    ``ranges`` (method -> metric -> (low, high), e.g. min and max over seeds) draws whiskers.
     """
     plt = _plt()
     names = list(finals)
@@ -241,7 +266,13 @@ def metric_bars(finals: Mapping[str, Mapping[str, float | None]], path, *,
     for i, m in enumerate(metrics):
         xs = [j + i * width for j, n in enumerate(names) if finals[n].get(m) is not None]
         vals = [float(finals[n][m]) for n in names if finals[n].get(m) is not None]
-        bars = ax.bar(xs, vals, width, label=m)
+        err = None
+        if ranges:
+            spans = [(ranges.get(n) or {}).get(m) for n in names if finals[n].get(m) is not None]
+            if any(sp is not None for sp in spans):
+                err = np.array([[v - sp[0], sp[1] - v] if sp else [0.0, 0.0]
+                                for v, sp in zip(vals, spans)]).T.clip(min=0)
+        bars = ax.bar(xs, vals, width, label=m, yerr=err, capsize=2 if err is not None else 0)
         ax.bar_label(bars, labels=[f"{v:.2f}" for v in vals], fontsize=6, padding=1)
     ax.set_xticks(np.arange(len(names)) + width * (len(metrics) - 1) / 2)
     ax.set_xticklabels(names, fontsize=8)

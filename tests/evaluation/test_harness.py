@@ -74,7 +74,10 @@ def test_compare_two_methods_writes_table_json_and_charts(tmp_path, monkeypatch,
     assert "random init" in text and "simclr" in text
     result = json.loads((out / "comparison.json").read_text())
     assert [r["method"] for r in result["methods"]] == ["simclr", f"{toy_method_file}:Toy"]
-    for r in result["methods"]:  # the reported kNN top-1, recomputed by hand from the weights
+    for m in result["methods"]:  # the reported kNN top-1, recomputed by hand from the weights
+        (r,) = m["runs"]  # one seed: the config's
+        assert r["seed"] == 0 and m["stats"]["knn_k20"]["mean"] == r["eval"]["knn"][
+            "k20_t0.07"]["top1"]
         assert r["eval"]["knn"]["k20_t0.07"]["top1"] == pytest.approx(
             slow_knn_top1(Path(r["run_dir"]), tmp_path), abs=1e-9)
     with Image.open(out / "final_metrics.png") as im:
