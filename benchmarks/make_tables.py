@@ -129,13 +129,14 @@ def table_claims(r: dict) -> str:
 
 
 def table_sweep(r: dict) -> str:
-    lines = ["| setting | changes | seeds | kNN k=20 mean | sd | min-max | vs default | "
+    lines = ["| setting | changes | seeds | kNN k=20 mean | sd | min-max | vs base, same seeds | "
              "final loss | images/s |", "|---|---|---|---|---|---|---|---|---|"]
-    base = next((x["knn_k20_mean"] for x in r["rows"] if x["cell"] == "default"), None)
+    base = next((x["knn_k20_per_seed"] for x in r["rows"] if x["cell"] == "default"), None)
     for x in r["rows"]:
         sd = "-" if x["knn_k20_sd"] is None else f"{x['knn_k20_sd']:.3f}"
-        delta = "-" if base is None or x["cell"] == "default" else \
-            f"{x['knn_k20_mean'] - base:+.3f}"
+        common = sorted(set(base or {}) & set(x["knn_k20_per_seed"]))
+        delta = "-" if not common or x["cell"] == "default" else \
+            f"{sum(x['knn_k20_per_seed'][k] - base[k] for k in common) / len(common):+.3f}"
         lines.append(f"| {x['cell']} | {x['changes']} | {len(x['seeds'])} | "
                      f"{x['knn_k20_mean']:.3f} | {sd} | {x['knn_k20_min']:.3f}-"
                      f"{x['knn_k20_max']:.3f} | {delta} | {x['final_loss_mean']:.2f} | "

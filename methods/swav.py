@@ -151,9 +151,11 @@ def swapped_prediction_loss(scores_per_crop: Sequence[torch.Tensor],
 @dataclass
 class SwAVConfig(MethodConfig):
     """SwAV hyper-parameters. The defaults are for small scale (small ConvNet, 32-px images,
-    batch 128, Adam), where SwAV learned only with few prototypes and a low epsilon (5,000
-    CIFAR-10 images, 30 epochs). The paper's ImageNet settings are recipes:
-    ``recipes/swav/imagenet-bs4096.yaml`` and ``imagenet-bs256.yaml``."""
+    batch 128, Adam), chosen by ``benchmarks/bench_swav_sweep.py`` (first 5,000 CIFAR-10 images,
+    6 epochs, kNN top-1; the table is in ``benchmarks/README.md``): few prototypes, a low
+    epsilon, temperature 0.1, no queue (every queue tried fell below random initialisation).
+    The paper's ImageNet settings are recipes: ``recipes/swav/imagenet-bs4096.yaml`` and
+    ``imagenet-bs256.yaml``."""
 
     # --- projection head and prototypes ---
     feat_dim: int = 128
@@ -293,15 +295,22 @@ class SwAV(Method):
         code's PIL blur has no such cap). Smaller images: 2 x image size + 4 x half of it, no
         blur, colour strength 1 above 64 px and 0.5 at CIFAR size (SimCLR's CIFAR recipe; what
         learned here: demo, 40 epochs, kNN k=20 0.403 against 0.346 with 1, random init 0.332).
+        At 32 px and below the local crops are off by default (count 0; ``--set
+        views.groups.1.count=4`` turns them on): in short runs on CIFAR-10 two 32-px crops
+        learned more per epoch than 2x32 + 4x16 (0.407 against 0.385 kNN top-1, 3 seeds each,
+        6 epochs of 5,000 images; ``benchmarks/bench_swav_sweep.py``) and cost 0.7x the time.
         Crops are changed through ``views.*`` (``--set views.groups.1.count=6``; a count of 0
-        leaves the local crops out).
+        leaves a group out).
         """
         large = image_size >= 192
-        return multi_crop(
+        spec = multi_crop(
             global_size=image_size, local_size=96 if large else max(1, image_size // 2),
             n_local=6 if large else 4, global_scale=(0.14, 1.0), local_scale=(0.05, 0.14),
             strength=1.0 if image_size > 64 else 0.5, blur_p=0.5 if image_size >= 96 else 0.0,
             blur_kernel_frac=0.0)
+        if image_size <= 32:
+            spec.groups[1].count = 0  # kept, so that views.groups.1.count=N turns it on
+        return spec
 
     @classmethod
     def check_views(cls, config: SwAVConfig, spec: ViewSpec) -> None:

@@ -15,7 +15,11 @@ def test_effective_config_has_every_method_field_and_the_full_view_spec():
     run = resolve({}, ["method=swav"], open_data=True)
     cfg = run.config
     assert set(cfg.method_config) == set(type(run.method_config).__dataclass_fields__)
-    assert cfg.views["groups"][1]["count"] == 4 and cfg.views["mean"] == list(run.view_spec.mean)
+    # at 32 px SwAV's local group is off (count 0), so the effective spec has the 2 global crops
+    assert [g["count"] for g in cfg.views["groups"]] == [2]
+    assert cfg.views["mean"] == list(run.view_spec.mean)
+    multi = resolve({}, ["method=swav", "views.groups.1.count=4"], open_data=False).config
+    assert [(g["count"], g["size"]) for g in multi.views["groups"]] == [(2, 32), (4, 16)]
     assert run.image_size == cfg.image_size == 32
     # normalisation from the source: the demo set is CIFAR-10
     assert run.view_spec.mean == pytest.approx((0.4914, 0.4822, 0.4465))

@@ -111,7 +111,8 @@ def test_impossible_trainer_values(tmp_path, capsys, toy_method_file, sets, mess
 @pytest.mark.parametrize("sets, message", [
     (["method.queue_length=-128"], "queue_length must be >= 0"),
     (["method.num_prototypes=5000"], "use at most 2000"),
-    (["views.groups.1.size=64"], "views.groups.1.size: crop size 64 px is larger than"),
+    (["views.groups.1.count=4", "views.groups.1.size=64"],
+     "views.groups.1.size: crop size 64 px is larger than"),
     (["method.crops_for_assign=[0,9]"], "crops_for_assign"),
 ])
 def test_swav_settings_that_cannot_work(tmp_path, capsys, sets, message):

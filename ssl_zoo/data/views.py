@@ -622,7 +622,7 @@ def make_views(images: torch.Tensor, spec: ViewSpec,
     Every random choice is per sample (:func:`draw_params`), drawn with ``generator`` (on its
     own device; None: the global generator of the batch's device). Returns :class:`Views`
     with one float32 tensor (count*B, 3, size, size) per crop group, normalised, crop-major
-    (rows [k*B:(k+1)*B] are crop k of every image). Made under ``no_grad`` (not
+    (rows [k*B:(k+1)*B] are crop k of every image); groups of count 0 are left out. Made under ``no_grad`` (not
     ``inference_mode``, so the crops can enter autograd).
 
     ``sizes`` (B, 2), integer, on the batch's device: each image's original (height, width)
@@ -640,7 +640,8 @@ def make_views(images: torch.Tensor, spec: ViewSpec,
     torch.div(images, 255, out=source[:batch])
     source[batch:] = source[:batch].flip(-1)
     groups = []
-    for g in spec.groups:
+    active = [g for g in spec.groups if g.count > 0]  # a count of 0 leaves a group out
+    for g in active:
         if sizes is None:
             params = draw_params(g.count * batch, height, width, g, device, generator)
         else:
@@ -648,7 +649,7 @@ def make_views(images: torch.Tensor, spec: ViewSpec,
             params = draw_params(g.count * batch, rows[:, 0], rows[:, 1], g, device, generator)
             params.boxes = canvas_boxes(params.boxes, rows, height, width)
         groups.append(_normalise_(augment_group(source, batch, g, params), spec.mean, spec.std))
-    return Views(groups, [g.count for g in spec.groups])
+    return Views(groups, [g.count for g in active])
 
 
 def eval_boxes(sizes: torch.Tensor, size: int, crop_fraction: float = EVAL_CROP_FRACTION

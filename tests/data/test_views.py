@@ -477,9 +477,10 @@ def test_every_default_spec_gives_float32_views_of_the_right_shapes(name, image_
     spec = _method_views(name, image_size)
     b = 2
     views = V.make_views(_images(b, image_size, 25), spec, _gen())
-    assert isinstance(views, Views) and views.counts == [g.count for g in spec.groups]
+    active = [g for g in spec.groups if g.count]  # SwAV at 32 px: local crops off (count 0)
+    assert isinstance(views, Views) and views.counts == [g.count for g in active]
     assert len(views) == spec.num_crops
-    for tensor, g in zip(views.groups, spec.groups):
+    for tensor, g in zip(views.groups, active):
         assert tensor.shape == (g.count * b, 3, g.size, g.size)
         assert tensor.dtype == torch.float32 and tensor.device.type == "cpu"
         assert torch.isfinite(tensor).all()
@@ -491,7 +492,8 @@ def test_default_sizes_follow_the_papers():
         (2, 224, (0.14, 1.0)), (6, 96, (0.05, 0.14))]
     assert all(g.blur_p == 0.5 for g in imagenet.groups)
     cifar = _method_views("swav", 32)
-    assert [(g.count, g.size) for g in cifar.groups] == [(2, 32), (4, 16)]
+    # CIFAR size: the local group is kept but off (ssl-zoo's small-scale sweep, not the paper)
+    assert [(g.count, g.size) for g in cifar.groups] == [(2, 32), (0, 16)]
     assert all(g.blur_p == 0 for g in cifar.groups)
     assert _method_views("moco", 224).groups[0].scale == (0.2, 1.0)
     assert _method_views("simclr", 32).groups[0].scale == (0.08, 1.0)
