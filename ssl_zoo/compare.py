@@ -17,6 +17,7 @@ import dataclasses
 import json
 import statistics
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,8 @@ from ssl_zoo.train import Trainer
 SPREAD = "sd: sample standard deviation over seeds; min/max: the lowest and highest seed"
 MEASURE_STEPS = 25
 """Steps of the warm-up that times a run for ``--minutes`` (the first 5 are not timed)."""
+LATE_EPOCH = 10_000
+"""The epoch the timed ``on_epoch_start`` call is told it is at: past any method's warm-up."""
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -77,9 +80,11 @@ def with_train(run: Run, **changes: Any) -> Run:
 # --------------------------------------------------------------------------------------------
 # equal compute
 # --------------------------------------------------------------------------------------------
-def measure_speed(run: Run, steps: int = MEASURE_STEPS) -> tuple[float, int, int]:
-    """(training images/s, steps per epoch, global batch) of ``run`` on this machine, from
-    ``steps`` real training steps in a scratch directory; the first 5 are not timed."""
+def measure_speed(run: Run, steps: int = MEASURE_STEPS) -> tuple[float, int, int, float]:
+    """(training images/s, steps per epoch, global batch, seconds of one epoch-start hook) of
+    ``run`` on this machine, from ``steps`` real training steps in a scratch directory (the
+    first 5 not timed), then the method's ``on_epoch_start`` timed once as at a late epoch
+    (PCL clusters the whole training set there: a per-epoch cost the steps do not show)."""
     warm = 5
     probe = with_train(run, max_steps=steps, log_every_iters=warm, eval_every_epochs=0,
                        checkpoint_every_iters=0, logger="jsonl", epochs=max(
@@ -90,16 +95,23 @@ def measure_speed(run: Run, steps: int = MEASURE_STEPS) -> tuple[float, int, int
         trainer = Trainer(probe, tmp, show_progress=False)
         trainer.fit()
         records = [json.loads(x) for x in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
+        trainer.ctx.epoch, trainer.ctx.step = LATE_EPOCH, trainer.step
+        started = time.perf_counter()
+        trainer.method.on_epoch_start(trainer.ctx)
+        hook_s = time.perf_counter() - started
     windows = [r["images_per_s"] for r in records if "images_per_s" in r and r["step"] > warm]
     if not windows:
         raise ConfigError(f"--minutes: the warm-up needs more than {warm} steps; the data has "
                           f"{trainer.steps_per_epoch} per epoch")
-    return statistics.median(windows), trainer.steps_per_epoch, trainer.global_batch
+    return statistics.median(windows), trainer.steps_per_epoch, trainer.global_batch, hook_s
 
 
-def epochs_for(minutes: float, images_per_s: float, steps_per_epoch: int, batch: int) -> int:
-    """Whole epochs that fill ``minutes`` of training at ``images_per_s`` (at least 1)."""
-    return max(1, round(minutes * 60 * images_per_s / (steps_per_epoch * batch)))
+def epochs_for(minutes: float, images_per_s: float, steps_per_epoch: int, batch: int,
+               epoch_start_s: float = 0.0) -> int:
+    """Whole epochs that fill ``minutes`` of training at ``images_per_s`` plus
+    ``epoch_start_s`` per epoch (at least 1)."""
+    epoch_s = steps_per_epoch * batch / images_per_s + epoch_start_s
+    return max(1, round(minutes * 60 / epoch_s))
 
 
 def _time_budget(run: Run, run_dir: Path, minutes: float, console) -> dict[str, Any]:
@@ -112,10 +124,10 @@ def _time_budget(run: Run, run_dir: Path, minutes: float, console) -> dict[str, 
         return budget
     console.print(f"[dim]{run.config.method}: timing {MEASURE_STEPS} steps to fit "
                   f"{minutes:g} minutes[/]")
-    ips, spe, batch = measure_speed(run)
+    ips, spe, batch, hook_s = measure_speed(run)
     budget = {"minutes": minutes, "measured_images_per_s": ips, "measure_steps": MEASURE_STEPS,
-              "steps_per_epoch": spe, "global_batch": batch,
-              "epochs": epochs_for(minutes, ips, spe, batch)}
+              "steps_per_epoch": spe, "global_batch": batch, "epoch_start_s": hook_s,
+              "epochs": epochs_for(minutes, ips, spe, batch, hook_s)}
     run_dir.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(budget, indent=2) + "\n")
     return budget

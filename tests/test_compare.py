@@ -47,6 +47,11 @@ def test_epochs_for_a_time_budget(minutes, ips, spe, batch, expected):
     assert compare.epochs_for(minutes, ips, spe, batch) == expected
 
 
+def test_epochs_for_counts_a_per_epoch_hook():
+    # 500 images at 100/s = 5 s an epoch, plus 5 s of clustering = 10 s: 60 s hold 6 epochs
+    assert compare.epochs_for(1.0, 100.0, 10, 50, epoch_start_s=5.0) == 6
+
+
 def test_bad_seeds_and_minutes_are_one_line_errors(capsys):
     base = ["compare", "--methods", "simclr", "--dataset", "demo", "--dry-run"]
     for extra, words in ([["--seeds", "0,x"], "--seeds"], [["--seeds", "1,1"], "twice"],
@@ -165,7 +170,8 @@ def test_compare_with_minutes_gives_every_method_the_same_time(tmp_path, monkeyp
         run_dir = out / name
         budget = json.loads((run_dir / "budget.json").read_text())
         assert budget["steps_per_epoch"] == 256 // 32 and budget["global_batch"] == 32
-        want = max(1, round(minutes * 60 * budget["measured_images_per_s"] / 256))
+        epoch_s = 256 / budget["measured_images_per_s"] + budget["epoch_start_s"]
+        want = max(1, round(minutes * 60 / epoch_s))
         assert budget["epochs"] == want
         summary = json.loads((run_dir / "train_summary.json").read_text())
         config = json.loads((run_dir / "config.json").read_text())
@@ -226,3 +232,33 @@ def test_training_seconds_exclude_periodic_evaluation_and_survive_resume(tmp_pat
 
 def with_max_steps(run, steps):
     return compare.with_train(run, max_steps=steps)
+
+
+def test_the_timed_warm_up_includes_a_per_epoch_hook(tmp_path, monkeypatch):
+    """A method that works at every epoch start (as PCL clusters) is timed with that work, so
+    ``--minutes`` does not overrun for it."""
+    from conftest import TOY_METHOD
+
+    from ssl_zoo.assemble import resolve
+
+    monkeypatch.setenv("SSL_ZOO_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "slow_method.py"
+    path.write_text(TOY_METHOD + '''
+import time
+
+
+class SlowEpochs(Toy):
+    name = "slow_epochs"
+
+    def on_epoch_start(self, ctx):
+        if ctx.epoch >= 1:  # after a warm-up epoch, as PCL
+            time.sleep(0.3)
+''')
+    npz = _small_npz(tmp_path / "small.npz")
+    sets = [f"dataset=npz:{npz}", "train.batch_size=32", "train.logger=jsonl"]
+    plain = compare.measure_speed(resolve({}, sets, method=f"{path}:Toy"))
+    slow = compare.measure_speed(resolve({}, sets, method=f"{path}:SlowEpochs"))
+    assert plain[3] < 0.3 <= slow[3]
+    ips, spe, batch, hook = slow
+    assert compare.epochs_for(1.0, ips, spe, batch, hook) < compare.epochs_for(1.0, ips, spe,
+                                                                                 batch)

@@ -622,8 +622,8 @@ def make_views(images: torch.Tensor, spec: ViewSpec,
     Every random choice is per sample (:func:`draw_params`), drawn with ``generator`` (on its
     own device; None: the global generator of the batch's device). Returns :class:`Views`
     with one float32 tensor (count*B, 3, size, size) per crop group, normalised, crop-major
-    (rows [k*B:(k+1)*B] are crop k of every image); groups of count 0 are left out. Made under ``no_grad`` (not
-    ``inference_mode``, so the crops can enter autograd).
+    (rows [k*B:(k+1)*B] are crop k of every image); groups of count 0 are left out. Made
+    under ``no_grad`` (not ``inference_mode``, so the crops can enter autograd).
 
     ``sizes`` (B, 2), integer, on the batch's device: each image's original (height, width)
     when the batch holds canvases (the whole image stretched to H x W, as folder and prepared
