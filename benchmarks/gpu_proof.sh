@@ -140,16 +140,19 @@ NOTE=""
 # SwAV as the paper on ImageNet; K=3000 prototypes need >= 3000 images (SwAV's own check)
 SWAV_PAPER=(--method-set swav:method.num_prototypes=3000
             --n-images 3072)
+# SwAV at 32 px with its local crops on (2x32 + 4x16; the CIFAR-size default is 2x32)
+SWAV_MULTI=(--method-set swav:views.groups.1.count=4)
 if [ "$DRY" = 0 ]; then
   step step_r18 170 "$PY" benchmarks/bench_step.py --device cuda --backbone resnet18 \
-    --set backbone_stem=cifar --amp bf16 --rounds 5 --steps 20 --warmup 10 --tag r18 --out "$OUT"
+    --set backbone_stem=cifar --amp bf16 --rounds 5 --steps 20 --warmup 10 --tag r18 \
+    "${SWAV_MULTI[@]}" --out "$OUT"
   step step_r50 210 "$PY" benchmarks/bench_step.py --device cuda --backbone resnet50 \
     --image-size 224 --amp bf16 --rounds 3 --steps 10 --warmup 5 --profile-steps 3 --tag r50 \
     "${SWAV_PAPER[@]}" --out "$OUT"
 else
   TINY=(--device cpu --batch-size 8 --rounds 1 --steps 1 --warmup 1 --profile-steps 1 --threads 1)
   step step_r18 240 "$PY" benchmarks/bench_step.py "${TINY[@]}" --backbone resnet18 \
-    --set backbone_stem=cifar --amp bf16 --tag r18 --out "$OUT"
+    --set backbone_stem=cifar --amp bf16 --tag r18 "${SWAV_MULTI[@]}" --out "$OUT"
   step step_r50 180 "$PY" benchmarks/bench_step.py "${TINY[@]}" --backbone resnet50 \
     --image-size 64 --batch-size 4 --methods swav,moco --amp bf16 --tag r50 "${SWAV_PAPER[@]}" \
     --out "$OUT"

@@ -149,6 +149,7 @@ def resolve(base: dict[str, Any] | None = None, sets: list[str] | tuple[str, ...
     for s in view_sets:
         apply_override(spec_data, s, set())
     spec = view_spec_from_dict(spec_data["views"])
+    _check_settings_of_groups_off(spec, view_sets)
     spec.groups = [g for g in spec.groups if g.count != 0]  # count 0 leaves a group out
     if not spec.groups:
         raise ConfigError("views.groups: every group has count 0; at least one crop is needed")
@@ -162,6 +163,18 @@ def resolve(base: dict[str, Any] | None = None, sets: list[str] | tuple[str, ...
     cfg.method_config = to_dict(method_config)
     cfg.views = to_dict(spec)
     return Run(cfg, cls, method_config, spec, image_size, splits)
+
+
+def _check_settings_of_groups_off(spec, view_sets: list[str]) -> None:
+    """A ``--set views.groups.N.<field>`` on a group whose count is 0 would silently do nothing
+    (the group is left out): say so instead (SwAV's 32-px local group is off by default)."""
+    for s in view_sets:
+        parts = _set_key(s).split(".")
+        if len(parts) >= 4 and parts[1] == "groups" and parts[2].isdigit() and parts[3] != "count":
+            i = int(parts[2])
+            if i < len(spec.groups) and spec.groups[i].count == 0:
+                raise ConfigError(f"{_set_key(s)}: group {i} has count 0 (off), so this setting "
+                                  f"would do nothing; add --set views.groups.{i}.count=N")
 
 
 def open_dataset(cfg: RunConfig) -> DataSplits:

@@ -113,6 +113,8 @@ def test_impossible_trainer_values(tmp_path, capsys, toy_method_file, sets, mess
     (["method.num_prototypes=5000"], "use at most 2000"),
     (["views.groups.1.count=4", "views.groups.1.size=64"],
      "views.groups.1.size: crop size 64 px is larger than"),
+    # SwAV's 32-px local group is off by default: setting its size alone is refused, not ignored
+    (["views.groups.1.size=12"], "views.groups.1.size: group 1 has count 0 (off)"),
     (["method.crops_for_assign=[0,9]"], "crops_for_assign"),
 ])
 def test_swav_settings_that_cannot_work(tmp_path, capsys, sets, message):
