@@ -19,17 +19,14 @@ of the two variants' max-min ranges); "reversed" when the second wins by that mu
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import SHARED_NPZ, write_result  # noqa: E402
-from bench_swav import subset_npz  # noqa: E402
-from bench_swav_sweep import train_one  # noqa: E402
+from bench_swav import prepared_subset  # noqa: E402
+from bench_swav_sweep import logged_runs, run_logged, train_one  # noqa: E402
 
 VARIANTS = {
     # the default variant also measures the random-init floor (same seed, same backbone)
@@ -77,33 +74,23 @@ def main() -> None:
     if not args.npz.is_file():
         sys.exit(f"data file not found: {args.npz} (pass --npz)")
     seeds = [int(s) for s in args.seeds.split(",")]
-    args.out.mkdir(parents=True, exist_ok=True)
-    npz = args.out / f"subset{args.n_train}.npz"
-    if not npz.exists():
-        subset_npz(args.npz, args.n_train, npz)
+    npz = prepared_subset(args.npz, args.n_train, args.out)
     log = args.out / "results.jsonl"
     budget = {"n_train": args.n_train, "epochs": args.epochs}
-    runs = [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
-    runs = [r for r in runs if r["budget"] == budget]
+    runs = logged_runs(log, budget)
     done = {(r["variant"], r["seed"]) for r in runs}
     # seeds outermost: every variant has its first seed before any has its third
     todo = [(v, s) for s in seeds for v in VARIANTS if (v, s) not in done]
-    lock = threading.Lock()
 
     def work(item):
         name, seed = item
         tag = name.replace("+", "_")
         res = train_one(npz, args.epochs, VARIANTS[name][1], seed,
                         args.out / f"{tag}_s{seed}_e{args.epochs}")
-        with lock:
-            rec = {"variant": name, "seed": seed, "budget": budget, **res}
-            with log.open("a") as f:
-                f.write(json.dumps(rec) + "\n")
-            runs.append(rec)
-            print(f"{name:10s} seed {seed}: kNN {res['knn_k20']:.4f}", flush=True)
+        print(f"{name:10s} seed {seed}: kNN {res['knn_k20']:.4f}", flush=True)
+        return {"variant": name, "seed": seed, "budget": budget, **res}
 
-    with ThreadPoolExecutor(args.jobs) as pool:
-        list(pool.map(work, todo))
+    run_logged(log, runs, todo, work, args.jobs)
 
     def summary(name: str) -> dict:
         mine = [r for r in runs if r["variant"] == name]

@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, SHARED_NPZ, write_result  # noqa: E402
-from bench_swav import subset_npz  # noqa: E402
+from bench_swav import prepared_subset  # noqa: E402
 
 CHARTS = ("knn_per_epoch.png", "knn_per_minute.png", "final_metrics.png")
 
@@ -53,10 +53,7 @@ def main() -> None:
     if args.minutes is None and args.epochs is None:
         args.minutes = 15.0
     out = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    npz = out / f"subset{args.n_train}.npz"
-    if not npz.exists():
-        subset_npz(args.npz, args.n_train, npz)
+    npz = prepared_subset(args.npz, args.n_train, out)
     amount = (["--minutes", str(args.minutes)] if args.minutes is not None
               else ["--epochs", str(args.epochs)])
     common = ["--dataset", f"npz:{npz}", *amount, "--seeds", args.seeds, "--out", str(out),

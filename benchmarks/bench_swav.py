@@ -42,6 +42,15 @@ def subset_npz(src: Path, n_train: int, out: Path) -> Path:
     return out
 
 
+def prepared_subset(src: Path, n_train: int, out_dir: Path) -> Path:
+    """``out_dir/subset<N>.npz`` (the first N training images of ``src``), made once."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    npz = out_dir / f"subset{n_train}.npz"
+    if not npz.exists():
+        subset_npz(src, n_train, npz)
+    return npz
+
+
 def ours(npz: Path, epochs: int, n_local: int, out: Path, extra: list[str]) -> dict:
     cmd = [sys.executable, "-m", "ssl_zoo", "train", "--method", "swav", "--dataset",
            f"npz:{npz}", "--epochs", str(epochs), "--out", str(out), "--no-progress",

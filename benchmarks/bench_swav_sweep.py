@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import SHARED_NPZ, write_result  # noqa: E402
-from bench_swav import subset_npz  # noqa: E402
+from bench_swav import prepared_subset  # noqa: E402
 
 SWEEP_BASE = ["views.groups.1.count=4"]
 """What every cell starts from: SwAV's defaults as they were before this sweep (2x32 + 4x16);
@@ -69,7 +69,26 @@ CELLS: list[tuple[str, str, list[str]]] = [
      ["views.groups.1.count=0", "method.temperature=0.2", "method.epsilon=0.02"]),
 ]
 
-_lock = threading.Lock()
+def logged_runs(log: Path, budget: dict) -> list[dict]:
+    """The finished runs kept in ``log`` (JSON lines) under this ``budget``."""
+    runs = [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
+    return [r for r in runs if r["budget"] == budget]
+
+
+def run_logged(log: Path, runs: list[dict], todo: list, work, jobs: int) -> None:
+    """``work(item) -> record`` for every item, ``jobs`` at a time; each record is appended to
+    ``log`` and to ``runs`` as soon as its run finishes (a stopped script loses nothing)."""
+    lock = threading.Lock()
+
+    def one(item):
+        rec = work(item)
+        with lock:
+            with log.open("a") as f:
+                f.write(json.dumps(rec) + "\n")
+            runs.append(rec)
+
+    with ThreadPoolExecutor(jobs) as pool:
+        list(pool.map(one, todo))
 
 
 def train_one(npz: Path, epochs: int, sets: list[str], seed: int, out: Path) -> dict:
@@ -132,14 +151,10 @@ def main() -> None:
     if unknown:
         sys.exit(f"unknown cells {unknown}; known: {', '.join(names)}")
     seeds = [int(s) for s in args.seeds.split(",")]
-    args.out.mkdir(parents=True, exist_ok=True)
-    npz = args.out / f"subset{args.n_train}.npz"
-    if not npz.exists():
-        subset_npz(args.npz, args.n_train, npz)
+    npz = prepared_subset(args.npz, args.n_train, args.out)
     log = args.out / "results.jsonl"
-    runs = [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
     budget = {"n_train": args.n_train, "epochs": args.epochs, "base": args.set}
-    runs = [r for r in runs if r["budget"] == budget]
+    runs = logged_runs(log, budget)
     done = {(r["cell"], r["seed"]) for r in runs}
     todo = [(c, s) for c in CELLS if c[0] in chosen for s in seeds if (c[0], s) not in done]
 
@@ -148,17 +163,12 @@ def main() -> None:
         tag = name.replace("=", "").replace("+", "_").replace(" ", "_")
         res = train_one(npz, args.epochs, [*SWEEP_BASE, *args.set, *sets], seed,
                         args.out / f"{tag}_s{seed}_e{args.epochs}")
-        rec = {"cell": name, "seed": seed, "budget": budget, **res}
-        with _lock:
-            with log.open("a") as f:
-                f.write(json.dumps(rec) + "\n")
-            runs.append(rec)
-            print(f"{name:16s} seed {seed}: kNN {res['knn_k20']:.4f} loss {res['final_loss']:.3f}"
-                  f" ({res['images_per_s']:.0f} img/s)", flush=True)
+        print(f"{name:16s} seed {seed}: kNN {res['knn_k20']:.4f} loss {res['final_loss']:.3f}"
+              f" ({res['images_per_s']:.0f} img/s)", flush=True)
+        return {"cell": name, "seed": seed, "budget": budget, **res}
 
     if not args.write_only:
-        with ThreadPoolExecutor(args.jobs) as pool:
-            list(pool.map(work, todo))
+        run_logged(log, runs, todo, work, args.jobs)
     rows = summarise(runs, CELLS)
     write_result("swav_sweep", {
         "what": (f"SwAV settings one at a time from the pre-sweep defaults, small ConvNet, first "

@@ -89,7 +89,8 @@ def spread(x: dict | None, digits: int = 3, scale: float = 1.0) -> str:
 
 def table_compare(r: dict) -> str:
     lines = ["| method | kNN k=20 T=0.07 | kNN k=200 T=0.1 | linear | NMI | epochs run | "
-             "train min | images/s (wall, periodic kNN included) |", "|---|---|---|---|---|---|---|---|"]
+             "train min | images/s (wall, periodic kNN included) |",
+             "|---|---|---|---|---|---|---|---|"]
     keys = ("knn_k20", "knn_k200", "linear", "nmi")
     if r.get("random_init"):
         cells = " | ".join(spread(r["random_init"].get(k)) for k in keys)
