@@ -11,9 +11,19 @@ number of DataLoader workers (``--workers``):
   canvas, persistent, prefetching), then ``make_views`` on the batch with its original sizes, in
   the main process;
 * ours, prepared: the same from ``prepared:`` (``ssl-zoo prepare`` at canvas 256, timed apart);
+* ours, folder / prepared with the views made in the workers (``train.views_in=workers``, what
+  a CPU run does by default): each worker loads its batch and runs ``make_views`` on it with
+  one thread, the step's seed for that batch, as the per-image transforms run in the workers
+  on the torchvision side;
 * torchvision: ``ImageFolder`` + lightly's ``SwaVTransform`` (RandomResizedCrop 224/96 of the
   decoded original, then the per-image PIL/tensor ops), in a ``DataLoader`` with persistent
   workers: the path of the official SwAV code, lightly and solo-learn.
+
+``--train-steps N`` adds a CPU training run per side of ``train.views_in`` (SwAV, the small
+ConvNet, the same store, batch and workers, ``N`` steps, alternating, ``--rounds`` times): the
+trainer's own images/s over its log windows after the first (worker start-up left out), to
+show what making the crops in the workers does to a CPU run's speed, where the step competes
+with the workers for the same cores.
 
 Each side is timed over whole passes of the folder (from starting the pass, so no batch is
 ready in advance), ``--rounds`` times, alternating, after one untimed pass each (workers started,
@@ -21,6 +31,7 @@ files in the page cache); the median images/s is kept.
 
     python benchmarks/bench_folder.py                    # 400 images, 2 workers, 2 rounds
     python benchmarks/bench_folder.py --images 2000 --workers 8 --out /tmp/res
+    python benchmarks/bench_folder.py --train-steps 20       # also the CPU training check
 """
 
 from __future__ import annotations
@@ -39,7 +50,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import SHARED_NPZ, write_result  # noqa: E402
 
-from ssl_zoo.data.loader import BatchLoader  # noqa: E402
+from ssl_zoo.data.loader import BatchLoader, WorkerViews  # noqa: E402
 from ssl_zoo.data.prepared import prepare  # noqa: E402
 from ssl_zoo.data.sources import open_source  # noqa: E402
 from ssl_zoo.data.views import IMAGENET_MEAN, IMAGENET_STD, make_views, multi_crop  # noqa: E402
@@ -63,20 +74,26 @@ def make_folder(npz: Path, root: Path, n: int) -> None:
 
 
 class OursLoader:
-    """Our loader (persistent workers) and ``make_views`` with the batch's original sizes."""
+    """Our loader (persistent workers) and ``make_views`` with the batch's original sizes: in
+    this process after loading (the GPU path's order) or, with ``in_workers``, in the workers."""
 
-    def __init__(self, spec_str: str, spec, batch: int, workers: int):
+    def __init__(self, spec_str: str, spec, batch: int, workers: int, in_workers: bool = False):
         ds = open_source(spec_str, image_size=224).train
-        self.loader = BatchLoader(ds, batch, seed=0, num_workers=workers)
-        self.spec, self.gen = spec, torch.Generator().manual_seed(0)
+        views = WorkerViews(spec, seed=0) if in_workers else None
+        self.loader = BatchLoader(ds, batch, seed=0, num_workers=workers, views=views)
+        self.spec, self.gen, self.in_workers = spec, torch.Generator().manual_seed(0), in_workers
 
     def rate(self) -> tuple[float, int]:
         """Images/s of one whole pass, from starting the iteration to the last crops."""
         done, start = 0, time.perf_counter()
-        for images, _, sizes in self.loader.iterate():
-            make_views(images, self.spec, self.gen, sizes)
-            done += images.shape[0]
+        for images, index, sizes in self.loader.iterate():
+            if not self.in_workers:
+                make_views(images, self.spec, self.gen, sizes)
+            done += index.shape[0]
         return done / (time.perf_counter() - start), done
+
+    def close(self) -> None:
+        self.loader.close()
 
 
 class TorchvisionLoader:
@@ -104,6 +121,27 @@ class TorchvisionLoader:
             done += views[0].shape[0]
         return done / (time.perf_counter() - start), done
 
+    def close(self) -> None:
+        self.loader = None  # persistent workers stop with their DataLoader
+
+
+def train_rate(store: Path, views_in: str, steps: int, batch: int, workers: int,
+               out: Path) -> float:
+    """Median images/s of a CPU SwAV run's log windows after the first (``steps`` steps)."""
+    from ssl_zoo.assemble import resolve
+    from ssl_zoo.train import Trainer
+
+    log = max(1, steps // 5)
+    run = resolve({}, ["method=swav", f"dataset=prepared:{store}", "backbone=convnet",
+                       "image_size=224", "method.num_prototypes=100",
+                       f"train.batch_size={batch}", "train.epochs=1000",
+                       f"train.max_steps={steps}", f"train.num_workers={workers}",
+                       f"train.views_in={views_in}", "train.device=cpu", "eval.enabled=false",
+                       f"train.log_every_iters={log}", "train.logger=jsonl"])
+    result = Trainer(run, out, show_progress=False).fit()
+    windows = [r["images_per_s"] for r in result.history if "images_per_s" in r][1:]
+    return statistics.median(windows)
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -111,6 +149,8 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--train-steps", type=int, default=0,
+                   help="also time CPU training with the crops made in the step vs the workers")
     p.add_argument("--npz", type=Path, default=SHARED_NPZ)
     p.add_argument("--out", type=Path, default=None,
                    help="folder for folder.json (default benchmarks/results)")
@@ -127,6 +167,10 @@ def main() -> None:
         store_bytes = sum(f.stat().st_size for f in store.rglob("*") if f.is_file())
         sides = {"folder": OursLoader(f"folder:{root}", spec, args.batch, args.workers),
                  "prepared": OursLoader(f"prepared:{store}", spec, args.batch, args.workers),
+                 "folder_workers": OursLoader(f"folder:{root}", spec, args.batch, args.workers,
+                                              in_workers=True),
+                 "prepared_workers": OursLoader(f"prepared:{store}", spec, args.batch,
+                                                args.workers, in_workers=True),
                  "torchvision": TorchvisionLoader(root, args.batch, args.workers)}
         for side in sides.values():  # warm-up pass: workers started, files in the page cache
             side.rate()
@@ -136,12 +180,25 @@ def main() -> None:
                 rates[k].append(side.rate()[0])
             print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:,.1f} img/s"
                                                  for k, v in rates.items()), flush=True)
+        for side in sides.values():  # their worker processes stop before training starts
+            side.close()
+        train: dict[str, list[float]] = {"step": [], "workers": []}
+        for r in range(args.rounds if args.train_steps else 0):
+            for where in train:
+                train[where].append(train_rate(store, where, args.train_steps, args.batch,
+                                               args.workers, Path(tmp) / f"run_{where}_{r}"))
+            print(f"training round {r + 1}: " + ", ".join(
+                f"views in the {k} {v[-1]:,.1f} img/s" for k, v in train.items()), flush=True)
     med = {k: statistics.median(v) for k, v in rates.items()}
     rows = [
         {"pipeline": "ours: folder (reduced-size decode in workers, batched views)",
          "images_per_s": med["folder"]},
         {"pipeline": "ours: prepared store (memory map, batched views)",
          "images_per_s": med["prepared"]},
+        {"pipeline": "ours: folder, views in the workers (CPU runs' default)",
+         "images_per_s": med["folder_workers"]},
+        {"pipeline": "ours: prepared store, views in the workers (CPU runs' default)",
+         "images_per_s": med["prepared_workers"]},
         {"pipeline": "torchvision ImageFolder + lightly SwaVTransform per image",
          "images_per_s": med["torchvision"]},
     ]
@@ -152,13 +209,24 @@ def main() -> None:
                  f"{QUALITY}) to 2x224 + 6x96 SwAV crops ready for the step (normalised float "
                  f"tensors), batch {args.batch}, {args.workers} DataLoader workers each, "
                  f"median of {args.rounds} alternating whole passes after a warm-up pass; "
-                 f"ours runs make_views in the main process with torch's default threads; prepare "
+                 f"ours runs make_views in the main process with torch's default threads (the GPU "
+                 f"path's order: on a GPU it runs on the device), or in each worker with one "
+                 f"thread (views in the workers: a CPU run's default); prepare "
                  f"(canvas 256) took {prepare_s:.1f} s, not counted"),
         "images": args.images, "workers": args.workers, "batch": args.batch,
         "rounds": args.rounds, "prepare_s": prepare_s, "folder_mib": folder_bytes / 2**20,
         "store_mib": store_bytes / 2**20, "rounds_images_per_s": rates,
         "load_average_before": load_before, "load_average_after": os.getloadavg()[0],
         "rows": rows,
+        **({"training": {
+            "what": (f"CPU training, SwAV 2x224 + 6x96, small ConvNet, batch {args.batch}, "
+                     f"{args.workers} workers, prepared store, {args.train_steps} steps per run, "
+                     f"{args.rounds} alternating runs per side; the trainer's images/s per log "
+                     f"window after the first, median"),
+            "rounds_images_per_s": train,
+            "views_in_step": statistics.median(train["step"]),
+            "views_in_workers": statistics.median(train["workers"]),
+        }} if args.train_steps else {}),
     }, args.out)
 
 

@@ -21,6 +21,7 @@ from ssl_zoo.errors import ConfigError, suggest
 OPTIMIZERS = ("sgd", "lars", "adam", "adamw")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 LOGGERS = ("auto", "jsonl", "tensorboard")
+VIEW_PLACES = ("auto", "workers", "step")
 
 
 @dataclass
@@ -56,6 +57,12 @@ class TrainConfig:
     """auto (cuda when present), cpu, cuda, cuda:N."""
     num_workers: int = 2
     """Loader worker processes for image folders (in-memory sources need none)."""
+    views_in: str = "auto"
+    """Where the crops are made: step (in the training step, on the device: the GPU path),
+    workers (in the loader's worker processes, one thread each, as torchvision's per-image
+    transforms run; in-process for in-memory data or 0 workers), auto (workers when the device
+    is the CPU and a folder or prepared store is read with workers, else step). The same seed
+    gives the same crops either way."""
     log_every_iters: int = 10
     """Write a metrics.jsonl line every this many iterations."""
     logger: str = "auto"
@@ -363,6 +370,8 @@ def validate_run_config(cfg: RunConfig) -> None:
         raise ConfigError("train.amp: " + suggest(t.amp, AMP_MODES, "mode"))
     if t.logger not in LOGGERS:
         raise ConfigError("train.logger: " + suggest(t.logger, LOGGERS, "logger"))
+    if t.views_in not in VIEW_PLACES:
+        raise ConfigError("train.views_in: " + suggest(t.views_in, VIEW_PLACES, "place"))
     if cfg.backbone_stem not in ("auto", "imagenet", "cifar"):
         raise ConfigError("backbone_stem must be auto, imagenet or cifar")
 

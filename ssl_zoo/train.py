@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -28,8 +27,8 @@ from ssl_zoo.assemble import Run, resolve_device
 from ssl_zoo.checkpoint import NAMES as CHECKPOINT_NAMES
 from ssl_zoo.checkpoint import load_latest_checkpoint, save_checkpoint
 from ssl_zoo.config import to_dict
-from ssl_zoo.data.loader import BatchLoader
-from ssl_zoo.data.views import Views, eval_view, make_views
+from ssl_zoo.data.loader import BatchLoader, WorkerViews, step_seed
+from ssl_zoo.data.views import Views, eval_view, make_views, skip_view_draws
 from ssl_zoo.method import Method, TrainContext
 from ssl_zoo.modules import distributed as D
 from ssl_zoo.nonfinite import NonFiniteGuard, jsonable
@@ -67,10 +66,14 @@ def init_distributed(device_pref: str) -> tuple[int, int, torch.device]:
     return D.get_rank(), D.get_world_size(), device
 
 
-def step_seed(seed: int, step: int, rank: int) -> int:
-    """A well-mixed 63-bit seed for one iteration of one rank."""
-    state = np.random.SeedSequence([seed, step, rank]).generate_state(2, dtype=np.uint32)
-    return int(state[0]) << 31 ^ int(state[1])
+def views_in_workers(setting: str, device: torch.device, dataset, num_workers: int) -> bool:
+    """``train.views_in`` resolved: auto means the workers for a CPU run that reads a folder or
+    prepared store with workers (there the crops would otherwise wait in the step for one
+    process's threads while the workers idle), the step otherwise (on a GPU the crops cost a
+    few percent of the step and the uint8 batch is ~15x smaller to send)."""
+    if setting != "auto":
+        return setting == "workers"
+    return device.type == "cpu" and bool(getattr(dataset, "lazy", False)) and num_workers > 0
 
 
 def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
@@ -99,10 +102,14 @@ def prefetch(batches, device: torch.device):
         return
     stream = torch.cuda.Stream(device)
 
+    def to_device(x):
+        if isinstance(x, Views):  # crops made by the loader's workers
+            return Views([g.to(device, non_blocking=True) for g in x.groups], x.counts)
+        return x.to(device, non_blocking=True) if x is not None else None
+
     def copy(batch):
         with torch.cuda.stream(stream):
-            return tuple(x.to(device, non_blocking=True) if x is not None else None
-                         for x in batch)
+            return tuple(to_device(x) for x in batch)
 
     it = iter(batches)
     nxt = next(it, None)
@@ -110,8 +117,9 @@ def prefetch(batches, device: torch.device):
     while pending is not None:
         torch.cuda.current_stream(device).wait_stream(stream)
         for x in pending:
-            if x is not None:
-                x.record_stream(torch.cuda.current_stream(device))
+            for tensor in (x.groups if isinstance(x, Views) else [x]):
+                if tensor is not None:
+                    tensor.record_stream(torch.cuda.current_stream(device))
         current = pending
         nxt = next(it, None)
         pending = copy(nxt) if nxt is not None else None
@@ -174,10 +182,14 @@ class Trainer:
                     device_ids=[self.device.index] if self.device.type == "cuda" else None,
                     broadcast_buffers=False,  # per-rank state (SwAV queues) stays per rank
                 )
+        self.views_in_workers = views_in_workers(t.views_in, self.device, self.data.train,
+                                                 t.num_workers)
         self.loader = BatchLoader(
             self.data.train, t.batch_size, shuffle=True, drop_last=True, seed=t.seed,
             rank=self.rank, world_size=self.world_size, num_workers=t.num_workers,
             pin_memory=self.device.type == "cuda",
+            views=(WorkerViews(self.view_spec, t.seed, self.rank) if self.views_in_workers
+                   else None),
         )
         self.steps_per_epoch = len(self.loader)
         self.total_steps = self.steps_per_epoch * t.epochs
@@ -223,11 +235,14 @@ class Trainer:
             drop_last=False, rank=self.rank, world_size=self.world_size,
             num_workers=self.cfg.train.num_workers,
         )
-        for images, index, sizes in loader.iterate():
-            images = images.to(self.device, non_blocking=True)
-            sizes = sizes.to(self.device) if sizes is not None else None
-            yield (eval_view(images, self.image_size, self.view_spec.mean, self.view_spec.std,
-                             sizes=sizes), index.to(self.device))
+        try:
+            for images, index, sizes in loader.iterate():
+                images = images.to(self.device, non_blocking=True)
+                sizes = sizes.to(self.device) if sizes is not None else None
+                yield (eval_view(images, self.image_size, self.view_spec.mean,
+                                 self.view_spec.std, sizes=sizes), index.to(self.device))
+        finally:
+            loader.close()
 
     # ---- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -302,11 +317,12 @@ class Trainer:
             self.runlog.log(record)
 
     # ---- one iteration ------------------------------------------------------------------------
-    def _train_step(self, images: torch.Tensor, index: torch.Tensor,
+    def _train_step(self, images: torch.Tensor | Views, index: torch.Tensor,
                     sizes: torch.Tensor | None = None):
         """One optimiser step (``sizes``: the images' original sizes, when they are canvases of
-        real-size images); returns the detached loss (a device tensor), the step output,
-        the views and the lr. Nothing in it reads a device value on the host: a non-finite
+        real-size images; ``images`` may be the batch's crops already made, by the loader's
+        workers, with this step's seed); returns the detached loss (a device tensor), the step
+        output, the views and the lr. Nothing in it reads a device value on the host: a non-finite
         loss skips the update on the device (the optimiser's ``found_inf``, as GradScaler does),
         the methods mask their state updates with ``ctx.step_ok``, and the count reaches the
         host at the next log step (:class:`~ssl_zoo.nonfinite.NonFiniteGuard`)."""
@@ -316,10 +332,16 @@ class Trainer:
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         torch.manual_seed(step_seed(t.seed, self.step, self.rank))
-        images = images.to(self.device, non_blocking=True)
-        if sizes is not None:
-            sizes = sizes.to(self.device, non_blocking=True)
-        views: Views = make_views(images, self.view_spec, sizes=sizes)
+        if isinstance(images, Views):  # made in the workers from this step's seed
+            # torch's generator left as if the crops were made here
+            skip_view_draws(self.view_spec, index.shape[0], self.device)
+            views = Views([g.to(self.device, non_blocking=True) for g in images.groups],
+                          images.counts)
+        else:
+            images = images.to(self.device, non_blocking=True)
+            if sizes is not None:
+                sizes = sizes.to(self.device, non_blocking=True)
+            views = make_views(images, self.view_spec, sizes=sizes)
         if self.channels_last:
             views = Views([g.contiguous(memory_format=torch.channels_last)
                            for g in views.groups], views.counts)
@@ -386,7 +408,8 @@ class Trainer:
                     "train_images": len(self.data.train), "world_size": self.world_size,
                     "global_batch": self.global_batch, "steps_per_epoch": self.steps_per_epoch,
                     "skipped_bad_images": int(getattr(self.data, "skipped", 0) or 0),
-                    "view_spec": to_dict(self.view_spec)}
+                    "view_spec": to_dict(self.view_spec),
+                    "views_made_in": "workers" if self.views_in_workers else "step"}
             (self.run_dir / "run_info.json").write_text(json.dumps(info, indent=2) + "\n")
             self.runlog.open(self.step, resumed=self.resume,
                              texts={"config": to_dict(self.cfg), "run_info": info})
@@ -414,14 +437,15 @@ class Trainer:
                         f"epoch {self.epoch + 1}/{t.epochs}", total=self.steps_per_epoch,
                         completed=self.batch_in_epoch, loss=float("nan"), lr=0.0, ips=0.0)
                 loss = None
-                batches = self.loader.iterate(start_batch=self.batch_in_epoch)
+                batches = self.loader.iterate(start_batch=self.batch_in_epoch,
+                                              first_step=self.step)
                 for images, index, sizes in prefetch(batches, self.device):
                     self.ctx.log_step = ((self.step + 1) % t.log_every_iters == 0
                                          or self.step + 1 == self.total_steps)
                     loss, out, views, lr = self._train_step(images, index, sizes)
                     self.step += 1
                     self.batch_in_epoch += 1
-                    n = images.shape[0] * self.world_size
+                    n = index.shape[0] * self.world_size
                     images_seen += n
                     window_n += n
                     if self.step % t.log_every_iters == 0 or self.step == self.total_steps:
@@ -456,6 +480,7 @@ class Trainer:
                 if (t.eval_every_epochs and self.epoch % t.eval_every_epochs == 0
                         and self.epoch < t.epochs and self.batch_in_epoch == 0):
                     self._periodic_knn()
+        self.loader.close()  # its worker processes stop now, not whenever it is collected
         wall = time.perf_counter() - started
         train_s = self.train_seconds
         self._train_s_before, self._clock = train_s, None

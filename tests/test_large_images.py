@@ -33,9 +33,12 @@ def test_readme_large_image_example_trains_on_2x224_and_6x96_crops_of_whole_imag
 
     monkeypatch.setattr("ssl_zoo.train.make_views", recording)
     run = tmp_path / "run"
-    # the README's flags (image_size=224), shrunk where they do not touch the crops
+    # the README's flags (image_size=224), shrunk where they do not touch the crops; crops in
+    # the step, as on the README's GPUs (a CPU run makes the same ones in its loader workers:
+    # tests/data/test_worker_views.py)
     assert main(["train", "--method", "swav", "--dataset", f"folder:{tmp_path / 'imgs'}",
-                 "--backbone", "convnet", "--set", "image_size=224",
+                 "--backbone", "convnet", "--set", "image_size=224", "--set",
+                 "train.views_in=step",
                  "--batch-size", "4", "--set", "method.num_prototypes=4", "--set",
                  "train.max_steps=2", "--epochs", "1", "--no-eval", "--no-progress",
                  "--out", str(run)]) == 0

@@ -91,6 +91,32 @@ def test_builtin_methods_survive_sigkill(tmp_path, method):
         total_steps=24)
 
 
+def test_views_made_in_the_workers_survive_sigkill(tmp_path):
+    """A CPU run from a prepared store makes its crops in the loader's workers (the default
+    there); resumed mid-epoch, its workers start at the right step's crops."""
+    import numpy as np
+    from PIL import Image
+
+    from ssl_zoo.data.prepared import prepare
+
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        h, w = [(30, 40), (40, 30), (12, 24)][i % 3]
+        (tmp_path / "imgs" / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(
+            tmp_path / "imgs" / f"c{i % 2}" / f"{i}.png")
+    prepare(f"folder:{tmp_path / 'imgs'}", tmp_path / "store", canvas=18, workers=0,
+            show_progress=False)
+    kill_and_resume_equals_uninterrupted(
+        tmp_path, "moco",
+        ["--dataset", f"prepared:{tmp_path / 'store'}", "--batch-size", "8", "--epochs", "4",
+         "--set", "image_size=16", "--set", "train.num_workers=2",
+         "--set", "method.queue_length=16", "--set", "method.shuffle_bn_groups=2"],
+        total_steps=20)
+    info = json.loads((tmp_path / "part" / "run_info.json").read_text())
+    assert info["views_made_in"] == "workers"  # train.views_in=auto chose the workers
+
+
 def test_export_loads_into_torchvision_strictly(tmp_path, toy_method_file):
     import torchvision
     from torch import nn

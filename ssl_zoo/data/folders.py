@@ -65,7 +65,8 @@ class FolderImages(ImageDataset):
     with their original sizes; ``image_size`` is the size the model sees.
 
     ``fetch`` runs in the workers; ``assemble`` runs in the main process and either raises on a
-    bad file or, with ``skip_bad``, replaces it by another image of its batch.
+    bad file or, with ``skip_bad``, replaces it by another image of its batch (split in two,
+    ``substitute`` in a worker and ``account`` here, when the workers make the views).
     """
 
     lazy = True
@@ -127,14 +128,23 @@ class FolderImages(ImageDataset):
         """
         if bool(ok.all()):
             return images, index, sizes
+        images, index, sizes, report = self.substitute(images, ok, index, errors, sizes)
+        self.account(report)
+        return images, index, sizes
+
+    def substitute(self, images: torch.Tensor, ok: torch.Tensor, index: torch.Tensor,
+                   errors: list[str], sizes: torch.Tensor):
+        """``assemble``'s replacement without raising or recording (it may run in a worker):
+        (images, index, sizes, report), the report (bad files as {index: why}, the error that
+        ends the run or "") for :meth:`account` in the main process. Without ``skip_bad`` the
+        batch is left as it is: ``account`` raises on its first bad file."""
         bad = (~ok).nonzero().flatten().tolist()
-        if not self.skip_bad:
-            raise DataError(self._bad_message(int(index[bad[0]]), errors[bad[0]]))
-        for b in bad:
-            self.bad_while_decoding[int(index[b])] = errors[b]
+        found = {int(index[b]): errors[b] for b in bad}
+        if not bad or not self.skip_bad:
+            return images, index, sizes, (found, "")
         good = ok.nonzero().flatten().tolist()
         images, index, sizes = images.clone(), index.clone(), sizes.clone()
-        if not good:  # borrow from the dataset, in the main process (rare: tiny batches)
+        if not good:  # borrow from the dataset (rare: tiny batches)
             j = int(index[0])
             for _ in range(min(_MAX_SUBSTITUTE_TRIES, len(self))):
                 j = (j + 1) % len(self)
@@ -142,14 +152,25 @@ class FolderImages(ImageDataset):
                 if img is not None:
                     images[:], index[:] = img, j
                     sizes[:, 0], sizes[:, 1] = hw
-                    return images, index, sizes
-                self.bad_while_decoding[j] = why
-            raise DataError(f"{self.name}: no readable image among the files after "
-                            f"{self.files[int(index[0])]}")
+                    return images, index, sizes, (found, "")
+                found[j] = why
+            return images, index, sizes, (found, f"{self.name}: no readable image among the "
+                                                 f"files after {self.files[int(index[0])]}")
         for b in bad:
             src = next((g for g in good if g > b), good[0])
             images[b], index[b], sizes[b] = images[src], index[src], sizes[src]
-        return images, index, sizes
+        return images, index, sizes, (found, "")
+
+    def account(self, report: tuple[dict[int, str], str]) -> None:
+        """Raise on the first bad file of a :meth:`substitute` report (without ``skip_bad``) or
+        record its bad files; raise when the batch found no readable image at all."""
+        found, failure = report
+        if found and not self.skip_bad:
+            i, why = next(iter(found.items()))
+            raise DataError(self._bad_message(i, why))
+        self.bad_while_decoding.update(found)
+        if failure:
+            raise DataError(failure)
 
     def load_batch(self, index: torch.Tensor
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -21,27 +21,77 @@ batches (``dataset.fetch``), ``LOADER_PREFETCH`` batches ahead per worker; its b
 the current epoch's index order. The workers send back a batch tensor, an ok-mask, the error
 texts and the sizes; the main process then replaces or reports bad images
 (``FolderImages.assemble``).
+
+Views in the workers (``views=WorkerViews(...)``, for runs whose device is the CPU): then each
+batch comes out as ``(Views, index, sizes)``, its crops made by ``make_views`` where the batch
+was loaded (in a worker, one thread each, as torchvision's per-image transforms run; in this
+process for in-memory data or without workers). Batch b of epoch e is training step
+``first_step + b - start_batch`` and its crops are drawn with a generator seeded by
+:func:`step_seed` of that step, so they are exactly the crops the trainer's step would make
+from the same batch after seeding torch's generator with the same seed, wherever they are made.
+Bad rows of a folder are replaced in the worker before the crops are cut
+(``FolderImages.substitute``), and reported or raised here (``FolderImages.account``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ssl_zoo.data.views import ViewSpec, make_views
 from ssl_zoo.errors import DataError
 
 LOADER_PREFETCH = 4
 """Batches each loader worker prepares ahead (DataLoader ``prefetch_factor``)."""
 
 
+LOADER_PREFETCH_VIEWS = 2
+"""Batches ahead per worker when the workers make the views (a batch of float crops is
+~15x the bytes of its uint8 canvases)."""
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """A well-mixed 63-bit seed for one iteration of one rank."""
+    state = np.random.SeedSequence([seed, step, rank]).generate_state(2, dtype=np.uint32)
+    return int(state[0]) << 31 ^ int(state[1])
+
+
+@dataclass(frozen=True)
+class WorkerViews:
+    """Make each batch's crops in the loader (its workers): the view spec, and the run's seed
+    and rank that seed each step's crops (:func:`step_seed`)."""
+
+    spec: ViewSpec
+    seed: int
+    rank: int = 0
+
+    def make(self, images: torch.Tensor, sizes: torch.Tensor | None, step: int):
+        """The crops of training step ``step``'s batch."""
+        gen = torch.Generator().manual_seed(step_seed(self.seed, step, self.rank))
+        return make_views(images, self.spec, gen, sizes)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What the batch sampler hands a worker when it makes the views: the batch's dataset
+    indices and its training step."""
+
+    indices: list[int]
+    step: int
+
+
 class _Batches(Dataset):
     """Whole batches of a lazy dataset (``__getitems__``: one worker call and one message per
-    batch, not per image); runs in DataLoader workers and never raises on a bad file."""
+    batch, not per image); runs in DataLoader workers and never raises on a bad file. With
+    ``views``, a batch comes with its crops (bad rows replaced first, reported to the main
+    process)."""
 
-    def __init__(self, ds):
-        self.ds = ds
+    def __init__(self, ds, views: WorkerViews | None = None):
+        self.ds, self.views = ds, views
 
     def __len__(self) -> int:
         return len(self.ds)
@@ -49,8 +99,11 @@ class _Batches(Dataset):
     def __getitem__(self, i: int):
         return self.ds.fetch([i])
 
-    def __getitems__(self, indices: list[int]):
-        return self.ds.fetch(indices)
+    def __getitems__(self, job):
+        if isinstance(job, _Job):
+            images, index, sizes, report = self.ds.substitute(*self.ds.fetch(job.indices))
+            return self.views.make(images, sizes, job.step), index, sizes, report
+        return self.ds.fetch(job)
 
 
 def _as_is(batch):
@@ -83,7 +136,7 @@ class BatchLoader:
 
     def __init__(self, dataset, batch_size: int, *, shuffle: bool = True, drop_last: bool = True,
                  seed: int = 0, rank: int = 0, world_size: int = 1, num_workers: int = 0,
-                 pin_memory: bool = False):
+                 pin_memory: bool = False, views: WorkerViews | None = None):
         n = len(dataset)
         if batch_size < 1:
             raise DataError(f"batch size must be >= 1, got {batch_size}")
@@ -99,6 +152,7 @@ class BatchLoader:
         self.dataset, self.batch_size, self.shuffle = dataset, batch_size, shuffle
         self.drop_last, self.seed, self.rank, self.world = drop_last, seed, rank, world_size
         self.num_workers, self.pin_memory = max(0, num_workers), pin_memory
+        self.views = views
         self.epoch = 0
         self._sampler: _CurrentBatches | None = None
         self._workers: DataLoader | None = None
@@ -133,11 +187,19 @@ class BatchLoader:
         idx = self.indices()[start_batch * self.batch_size:]
         return list(idx.split(self.batch_size)) if len(idx) else []
 
-    def iterate(self, start_batch: int = 0
-                ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
-        """The epoch's batches from ``start_batch`` on; earlier ones are skipped, not loaded."""
+    def iterate(self, start_batch: int = 0, first_step: int | None = None) -> Iterator[tuple]:
+        """The epoch's batches from ``start_batch`` on; earlier ones are skipped, not loaded.
+
+        Each is ``(images, index, sizes)``, or with ``views`` ``(Views, index, sizes)``, the
+        batch at ``start_batch`` being training step ``first_step`` (default: the epoch's
+        first step ``epoch * len(self)`` plus ``start_batch``)."""
         batches = self.batch_indices(start_batch)
         if not batches:
+            return
+        if self.views is not None:
+            if first_step is None:
+                first_step = self.epoch * len(self) + start_batch
+            yield from self._iterate_views(batches, first_step)
             return
         if not getattr(self.dataset, "lazy", False):
             for b in batches:
@@ -160,6 +222,42 @@ class BatchLoader:
         self._sampler.batches = [b.tolist() for b in batches]
         for images, ok, index, errors, sizes in self._workers:
             yield self.dataset.assemble(images, ok, index, errors, sizes)
+
+    def _iterate_views(self, batches: list[torch.Tensor], first_step: int) -> Iterator[tuple]:
+        """``(Views, index, sizes)`` per batch, the crops made in the workers (lazy datasets
+        with workers) or here."""
+        if not getattr(self.dataset, "lazy", False) or self.num_workers == 0:
+            for step, b in enumerate(batches, start=first_step):
+                images, index, sizes = self.dataset.load_batch(b)
+                yield self.views.make(images, sizes, step), index, sizes
+            return
+        if self._workers is None:
+            self._sampler = _CurrentBatches()
+            self._workers = DataLoader(
+                _Batches(self.dataset, self.views), batch_sampler=self._sampler,
+                num_workers=self.num_workers, collate_fn=_as_is, persistent_workers=True,
+                prefetch_factor=LOADER_PREFETCH_VIEWS)  # crops are not pinned: CPU runs
+        self._sampler.batches = [_Job(b.tolist(), step)
+                                 for step, b in enumerate(batches, start=first_step)]
+        finished = False
+        try:
+            for views, index, sizes, report in self._workers:
+                self.dataset.account(report)
+                yield views, index, sizes
+            finished = True
+        finally:
+            if not finished:  # an error or an early stop: batches of crops still in flight
+                self.close()
+
+    def close(self) -> None:
+        """Stop the worker processes now (they start again on the next pass). A loader left
+        to the garbage collector stops them in ``DataLoader.__del__``, which was seen to wait
+        5 s per worker in a process that had started other loaders since; the trainer closes
+        its loaders when it is done with them."""
+        workers, self._workers = self._workers, None
+        iterator = getattr(workers, "_iterator", None)
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
 
 
 def fetch_in_workers(dataset, batches: list[list[int]], num_workers: int = 0

@@ -100,6 +100,13 @@ class PreparedImages(ImageDataset):
         """Nothing to replace: bad files were left out when the store was prepared."""
         return images, index, sizes
 
+    def substitute(self, images, ok, index, errors, sizes):
+        """As :meth:`assemble`, with an empty report (the loader's views-in-workers path)."""
+        return images, index, sizes, ({}, "")
+
+    def account(self, report) -> None:
+        """Nothing to report (see :meth:`substitute`)."""
+
     def load_batch(self, index: torch.Tensor):
         return self.assemble(*self.fetch([int(i) for i in index]))
 

@@ -139,6 +139,9 @@ class Views(Sequence):
                 groups.append([c])
         return cls([torch.cat(g) for g in groups], [len(g) for g in groups], index)
 
+    def __reduce__(self):  # sent between processes as its groups (the crops are slices)
+        return Views, (self.groups, self.counts, self.index)
+
     def __len__(self) -> int:
         return len(self._crops)
 
@@ -650,6 +653,17 @@ def make_views(images: torch.Tensor, spec: ViewSpec,
             params.boxes = canvas_boxes(params.boxes, rows, height, width)
         groups.append(_normalise_(augment_group(source, batch, g, params), spec.mean, spec.std))
     return Views(groups, [g.count for g in active])
+
+
+def skip_view_draws(spec: ViewSpec, batch: int, device: torch.device | str = "cpu",
+                    generator: torch.Generator | None = None) -> None:
+    """Advance ``generator`` (None: the device's global one) exactly as :func:`make_views` of a
+    batch of ``batch`` images advances it (the same draws, nothing else): a step whose crops
+    were made elsewhere (in the loader's workers) leaves torch's generator where one that made
+    them itself would, so the method's own draws match too."""
+    for g in spec.groups:
+        if g.count > 0:
+            _rand((g.count * batch, _COLUMNS), torch.device(device), generator)
 
 
 def eval_boxes(sizes: torch.Tensor, size: int, crop_fraction: float = EVAL_CROP_FRACTION
