@@ -55,6 +55,12 @@ def table_folder(r: dict) -> str:
                      f"{row['vs_torchvision']:.2f}x |")
     lines.append(f"\nStore: {r['store_mib']:.0f} MiB at canvas 256 for {r['folder_mib']:.0f} MiB "
                  f"of JPEGs; prepare took {r['prepare_s']:.1f} s.")
+    if "training" in r:
+        t = r["training"]
+        lines.append(f"\nCPU training from the store (SwAV, 2x224 + 6x96, small ConvNet): "
+                     f"crops in the step {t['views_in_step']:,.1f} img/s, in the workers "
+                     f"{t['views_in_workers']:,.1f} img/s "
+                     f"(**{t['views_in_workers'] / t['views_in_step']:.2f}x**).\n\n_{t['what']}_")
     return "\n".join(lines)
 
 
