@@ -22,6 +22,7 @@ OPTIMIZERS = ("sgd", "lars", "adam", "adamw")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 LOGGERS = ("auto", "jsonl", "tensorboard")
 VIEW_PLACES = ("auto", "workers", "step")
+DECODERS = ("workers", "device")
 
 
 @dataclass
@@ -57,6 +58,11 @@ class TrainConfig:
     """auto (cuda when present), cpu, cuda, cuda:N."""
     num_workers: int = 2
     """Loader worker processes for image folders (in-memory sources need none)."""
+    decode: str = "workers"
+    """Where folder images are decoded: workers (PIL in the loader workers, JPEGs at reduced
+    size), device (the workers read the bytes, the training device decodes each batch's JPEGs
+    with torchvision.io.decode_jpeg: nvJPEG on CUDA; other formats and EXIF-rotated JPEGs are
+    still decoded in the workers). Folders only; the crops are then made in the step."""
     views_in: str = "auto"
     """Where the crops are made: step (in the training step, on the device: the GPU path),
     workers (in the loader's worker processes, one thread each, as torchvision's per-image
@@ -370,6 +376,11 @@ def validate_run_config(cfg: RunConfig) -> None:
         raise ConfigError("train.amp: " + suggest(t.amp, AMP_MODES, "mode"))
     if t.logger not in LOGGERS:
         raise ConfigError("train.logger: " + suggest(t.logger, LOGGERS, "logger"))
+    if t.decode not in DECODERS:
+        raise ConfigError("train.decode: " + suggest(t.decode, DECODERS, "place"))
+    if t.decode == "device" and t.views_in == "workers":
+        raise ConfigError("train.decode=device decodes in the training process: the crops are "
+                          "made in the step there (train.views_in=step or auto)")
     if t.views_in not in VIEW_PLACES:
         raise ConfigError("train.views_in: " + suggest(t.views_in, VIEW_PLACES, "place"))
     if cfg.backbone_stem not in ("auto", "imagenet", "cifar"):

@@ -29,6 +29,7 @@ from ssl_zoo.checkpoint import load_latest_checkpoint, save_checkpoint
 from ssl_zoo.config import to_dict
 from ssl_zoo.data.loader import BatchLoader, WorkerViews, step_seed
 from ssl_zoo.data.views import Views, eval_view, make_views, skip_view_draws
+from ssl_zoo.errors import ConfigError
 from ssl_zoo.method import Method, TrainContext
 from ssl_zoo.modules import distributed as D
 from ssl_zoo.nonfinite import NonFiniteGuard, jsonable
@@ -74,6 +75,17 @@ def views_in_workers(setting: str, device: torch.device, dataset, num_workers: i
     if setting != "auto":
         return setting == "workers"
     return device.type == "cpu" and bool(getattr(dataset, "lazy", False)) and num_workers > 0
+
+
+def decode_device(setting: str, device: torch.device, dataset) -> torch.device | None:
+    """``train.decode`` resolved: the device that decodes the training images, or None for
+    the loader workers; a one-line error for a source that has no files to decode."""
+    if setting != "device":
+        return None
+    if not hasattr(dataset, "fetch_encoded"):
+        raise ConfigError(f"train.decode=device decodes image files: {dataset.name} is not an "
+                          "image folder (use folder:PATH, or train.decode=workers)")
+    return device
 
 
 def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
@@ -182,14 +194,16 @@ class Trainer:
                     device_ids=[self.device.index] if self.device.type == "cuda" else None,
                     broadcast_buffers=False,  # per-rank state (SwAV queues) stays per rank
                 )
-        self.views_in_workers = views_in_workers(t.views_in, self.device, self.data.train,
-                                                 t.num_workers)
+        self.decode_on = decode_device(t.decode, self.device, self.data.train)
+        self.views_in_workers = self.decode_on is None and views_in_workers(
+            t.views_in, self.device, self.data.train, t.num_workers)
         self.loader = BatchLoader(
             self.data.train, t.batch_size, shuffle=True, drop_last=True, seed=t.seed,
             rank=self.rank, world_size=self.world_size, num_workers=t.num_workers,
             pin_memory=self.device.type == "cuda",
             views=(WorkerViews(self.view_spec, t.seed, self.rank) if self.views_in_workers
                    else None),
+            decode_on=self.decode_on,
         )
         self.steps_per_epoch = len(self.loader)
         self.total_steps = self.steps_per_epoch * t.epochs
@@ -409,7 +423,8 @@ class Trainer:
                     "global_batch": self.global_batch, "steps_per_epoch": self.steps_per_epoch,
                     "skipped_bad_images": int(getattr(self.data, "skipped", 0) or 0),
                     "view_spec": to_dict(self.view_spec),
-                    "views_made_in": "workers" if self.views_in_workers else "step"}
+                    "views_made_in": "workers" if self.views_in_workers else "step",
+                    "decoded_on": str(self.decode_on) if self.decode_on else "workers"}
             (self.run_dir / "run_info.json").write_text(json.dumps(info, indent=2) + "\n")
             self.runlog.open(self.step, resumed=self.resume,
                              texts={"config": to_dict(self.cfg), "run_info": info})

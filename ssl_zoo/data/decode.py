@@ -54,22 +54,76 @@ def decode_image(path: str | Path, canvas: int) -> tuple[torch.Tensor, tuple[int
     return torch.from_numpy(arr.transpose(2, 0, 1).copy()), (h, w)
 
 
-def decode_jpegs_cuda(data: list[torch.Tensor], canvas: int, device: torch.device
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """JPEG files' bytes (uint8 1-D CPU tensors) decoded on the GPU (nvJPEG through
-    ``torchvision.io.decode_jpeg(device=...)``) into uint8 (B, 3, canvas, canvas) canvases on
-    ``device`` and their int64 (B, 2) original sizes there; for machines with CUDA, where the
-    CPU workers would be the bottleneck. EXIF orientation is not applied on this path."""
+JPEG_START = b"\xff\xd8"
+"""The first bytes of every JPEG file (start-of-image marker)."""
+
+
+def read_for_device(path: str | Path, canvas: int
+                    ) -> torch.Tensor | tuple[torch.Tensor, tuple[int, int]]:
+    """What a loader worker sends when the training device decodes (``train.decode=device``):
+    a JPEG's bytes as a uint8 1-D tensor, or, for what the device path cannot decode as
+    :func:`decode_image` would (other formats, JPEGs whose EXIF orientation is not 1),
+    ``(canvas, original (h, w))`` decoded here. Raises on unreadable files."""
+    from PIL import Image
+
+    data = Path(path).read_bytes()
+    if data[:2] == JPEG_START:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:  # header only: format and EXIF orientation
+                upright = im.format == "JPEG" and im.getexif().get(EXIF_ORIENTATION, 1) == 1
+        if upright:
+            return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    return decode_image(path, canvas)
+
+
+def to_canvas(image: torch.Tensor, canvas: int) -> torch.Tensor:
+    """A decoded uint8 (3, h, w) image stretched to (3, canvas, canvas), bilinear with
+    anti-aliasing (as PIL's resize, which :func:`decode_image` uses), on the image's device."""
+    if image.shape[-2:] == (canvas, canvas):
+        return image
+    x = F.interpolate(image.unsqueeze(0).float(), size=(canvas, canvas), mode="bilinear",
+                      align_corners=False, antialias=True)
+    return x.round_().clamp_(0, 255).to(torch.uint8)[0]
+
+
+def decode_on_device(payloads: list, canvas: int, device: torch.device, ok: torch.Tensor,
+                     errors: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of :func:`read_for_device` payloads as uint8 (B, 3, canvas, canvas) canvases
+    and int64 (B, 2) original sizes on ``device``: the JPEG bytes decoded there in one call of
+    ``torchvision.io.decode_jpeg(device=...)`` (nvJPEG on CUDA), the rest copied in. Rows that
+    fail (``None`` payloads, a JPEG the decoder rejects) are left zero with ``ok`` False and
+    their reason in ``errors`` (both updated in place), for the dataset's ``assemble``."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    if device.type != "cuda" or not torch.cuda.is_available():
-        raise RuntimeError("decode_jpegs_cuda needs a CUDA device")
-    images = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
-    out = torch.empty((len(images), 3, canvas, canvas), dtype=torch.uint8, device=device)
-    sizes = torch.empty((len(images), 2), dtype=torch.long)
-    for i, img in enumerate(images):
-        sizes[i, 0], sizes[i, 1] = img.shape[-2], img.shape[-1]
-        x = F.interpolate(img.unsqueeze(0).float(), size=(canvas, canvas), mode="bilinear",
-                          align_corners=False, antialias=True)
-        out[i] = x.round_().clamp_(0, 255).to(torch.uint8)[0]
-    return out, sizes.to(device, non_blocking=True)
+    n = len(payloads)
+    images = torch.zeros((n, 3, canvas, canvas), dtype=torch.uint8, device=device)
+    sizes = torch.ones((n, 2), dtype=torch.long)
+    jpeg_rows = []
+    for row, p in enumerate(payloads):
+        if isinstance(p, tuple):
+            images[row] = p[0].to(device)
+            sizes[row, 0], sizes[row, 1] = p[1]
+        elif p is not None:
+            jpeg_rows.append(row)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torchvision >= 0.29 marks its decoders deprecated
+        try:
+            decoded = decode_jpeg([payloads[r] for r in jpeg_rows], mode=ImageReadMode.RGB,
+                                  device=device) if jpeg_rows else []
+        except RuntimeError:  # one bad file fails the whole call: find it, keep the others
+            decoded = []
+            for r in jpeg_rows:
+                try:
+                    decoded.append(decode_jpeg(payloads[r], mode=ImageReadMode.RGB,
+                                               device=device))
+                except RuntimeError as exc:
+                    decoded.append(None)
+                    why = str(exc).splitlines()[0]  # "decode_jpeg, file.cpp:171, reason"
+                    why = why.rsplit(", ", 1)[-1] if ".cpp:" in why else why
+                    ok[r], errors[r] = False, f"JPEG decoder: {why}"
+    for row, img in zip(jpeg_rows, decoded):
+        if img is not None:
+            sizes[row, 0], sizes[row, 1] = img.shape[-2], img.shape[-1]
+            images[row] = to_canvas(img, canvas)
+    return images, sizes.to(device, non_blocking=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from ssl_zoo.data.datasets import DataSplits, ImageDataset
-from ssl_zoo.data.decode import decode_image
+from ssl_zoo.data.decode import decode_image, decode_on_device, read_for_device
 from ssl_zoo.data.views import EVAL_CROP_FRACTION
 from ssl_zoo.errors import DataError
 
@@ -113,6 +113,29 @@ class FolderImages(ImageDataset):
             else:
                 images[row], sizes[row, 0], sizes[row, 1] = img, hw[0], hw[1]
         return images, ok, torch.tensor(indices, dtype=torch.long), errors, sizes
+
+    def fetch_encoded(self, indices: list[int]):
+        """A batch for decoding on the training device (in a worker): per row the JPEG's bytes
+        or a canvas decoded here (:func:`~ssl_zoo.data.decode.read_for_device`; None when the
+        file cannot be read), ok-mask, index, error texts."""
+        payloads: list = []
+        ok = torch.ones(len(indices), dtype=torch.bool)
+        errors = [""] * len(indices)
+        for row, i in enumerate(indices):
+            try:
+                payloads.append(read_for_device(self.files[i], self.canvas_size))
+            except Exception as exc:
+                payloads.append(None)
+                ok[row], errors[row] = False, _why(exc)
+        return payloads, ok, torch.tensor(indices, dtype=torch.long), errors
+
+    def assemble_encoded(self, payloads: list, ok: torch.Tensor, index: torch.Tensor,
+                         errors: list[str], device: torch.device
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A :meth:`fetch_encoded` batch decoded on ``device`` (in the main process), then as
+        :meth:`assemble`: canvases and sizes on ``device``, bad rows replaced or raised."""
+        images, sizes = decode_on_device(payloads, self.canvas_size, device, ok, errors)
+        return self.assemble(images, ok, index, errors, sizes)
 
     def _bad_message(self, i: int, why: str) -> str:
         return f"unreadable image: {self.files[i]} ({why}); pass --skip-bad-images to skip " \

@@ -31,6 +31,11 @@ process for in-memory data or without workers). Batch b of epoch e is training s
 from the same batch after seeding torch's generator with the same seed, wherever they are made.
 Bad rows of a folder are replaced in the worker before the crops are cut
 (``FolderImages.substitute``), and reported or raised here (``FolderImages.account``).
+
+Decoding on the training device (``decode_on=device``, folders only): the workers read each
+JPEG's bytes (``FolderImages.fetch_encoded``) and this process decodes the batch there in one
+``torchvision.io.decode_jpeg`` call (nvJPEG on CUDA; ``FolderImages.assemble_encoded``); the
+batch comes out as canvases and sizes already on that device.
 """
 
 from __future__ import annotations
@@ -76,6 +81,13 @@ class WorkerViews:
 
 
 @dataclass(frozen=True)
+class _Encoded:
+    """A batch the workers read as bytes, for decoding on the training device."""
+
+    indices: list[int]
+
+
+@dataclass(frozen=True)
 class _Job:
     """What the batch sampler hands a worker when it makes the views: the batch's dataset
     indices and its training step."""
@@ -100,6 +112,8 @@ class _Batches(Dataset):
         return self.ds.fetch([i])
 
     def __getitems__(self, job):
+        if isinstance(job, _Encoded):
+            return self.ds.fetch_encoded(job.indices)
         if isinstance(job, _Job):
             images, index, sizes, report = self.ds.substitute(*self.ds.fetch(job.indices))
             return self.views.make(images, sizes, job.step), index, sizes, report
@@ -136,7 +150,8 @@ class BatchLoader:
 
     def __init__(self, dataset, batch_size: int, *, shuffle: bool = True, drop_last: bool = True,
                  seed: int = 0, rank: int = 0, world_size: int = 1, num_workers: int = 0,
-                 pin_memory: bool = False, views: WorkerViews | None = None):
+                 pin_memory: bool = False, views: WorkerViews | None = None,
+                 decode_on: torch.device | None = None):
         n = len(dataset)
         if batch_size < 1:
             raise DataError(f"batch size must be >= 1, got {batch_size}")
@@ -144,6 +159,10 @@ class BatchLoader:
             raise DataError(f"rank {rank} is not in 0..{world_size - 1}")
         if n == 0:
             raise DataError(f"{getattr(dataset, 'name', 'the dataset')} holds no images")
+        if decode_on is not None and (views is not None
+                                      or not hasattr(dataset, "fetch_encoded")):
+            raise DataError("decoding on the device needs an image folder (folder:PATH) and "
+                            "the views made in the step")
         if drop_last and batch_size * world_size > n:
             raise DataError(
                 f"a batch of {batch_size * world_size} images (batch size {batch_size} x "
@@ -152,7 +171,7 @@ class BatchLoader:
         self.dataset, self.batch_size, self.shuffle = dataset, batch_size, shuffle
         self.drop_last, self.seed, self.rank, self.world = drop_last, seed, rank, world_size
         self.num_workers, self.pin_memory = max(0, num_workers), pin_memory
-        self.views = views
+        self.views, self.decode_on = views, decode_on
         self.epoch = 0
         self._sampler: _CurrentBatches | None = None
         self._workers: DataLoader | None = None
@@ -209,19 +228,38 @@ class BatchLoader:
                     sizes = sizes.pin_memory() if sizes is not None else None
                 yield images, index, sizes
             return
+        if self.decode_on is not None:
+            yield from self._iterate_encoded(batches)
+            return
         if self.num_workers == 0:
             for b in batches:
                 yield self.dataset.assemble(*self.dataset.fetch(b.tolist()))
             return
-        if self._workers is None:
-            self._sampler = _CurrentBatches()
-            self._workers = DataLoader(
-                _Batches(self.dataset), batch_sampler=self._sampler,
-                num_workers=self.num_workers, collate_fn=_as_is, pin_memory=self.pin_memory,
-                persistent_workers=True, prefetch_factor=LOADER_PREFETCH)
+        self._start_workers(_Batches(self.dataset), LOADER_PREFETCH, self.pin_memory)
         self._sampler.batches = [b.tolist() for b in batches]
         for images, ok, index, errors, sizes in self._workers:
             yield self.dataset.assemble(images, ok, index, errors, sizes)
+
+    def _start_workers(self, batches: _Batches, prefetch: int, pin_memory: bool) -> None:
+        """The persistent DataLoader (made on the first pass, kept for later ones)."""
+        if self._workers is None:
+            self._sampler = _CurrentBatches()
+            self._workers = DataLoader(
+                batches, batch_sampler=self._sampler, num_workers=self.num_workers,
+                collate_fn=_as_is, pin_memory=pin_memory, persistent_workers=True,
+                prefetch_factor=prefetch)
+
+    def _iterate_encoded(self, batches: list[torch.Tensor]) -> Iterator[tuple]:
+        """Batches read as bytes (in the workers, or here) and decoded on ``decode_on``."""
+        ds, device = self.dataset, self.decode_on
+        if self.num_workers == 0:
+            for b in batches:
+                yield ds.assemble_encoded(*ds.fetch_encoded(b.tolist()), device)
+            return
+        self._start_workers(_Batches(ds), LOADER_PREFETCH, pin_memory=False)
+        self._sampler.batches = [_Encoded(b.tolist()) for b in batches]
+        for payloads, ok, index, errors in self._workers:
+            yield ds.assemble_encoded(payloads, ok, index, errors, device)
 
     def _iterate_views(self, batches: list[torch.Tensor], first_step: int) -> Iterator[tuple]:
         """``(Views, index, sizes)`` per batch, the crops made in the workers (lazy datasets
@@ -231,12 +269,8 @@ class BatchLoader:
                 images, index, sizes = self.dataset.load_batch(b)
                 yield self.views.make(images, sizes, step), index, sizes
             return
-        if self._workers is None:
-            self._sampler = _CurrentBatches()
-            self._workers = DataLoader(
-                _Batches(self.dataset, self.views), batch_sampler=self._sampler,
-                num_workers=self.num_workers, collate_fn=_as_is, persistent_workers=True,
-                prefetch_factor=LOADER_PREFETCH_VIEWS)  # crops are not pinned: CPU runs
+        # crops are not pinned: CPU runs
+        self._start_workers(_Batches(self.dataset, self.views), LOADER_PREFETCH_VIEWS, False)
         self._sampler.batches = [_Job(b.tolist(), step)
                                  for step, b in enumerate(batches, start=first_step)]
         finished = False
