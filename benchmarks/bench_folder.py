@@ -58,6 +58,12 @@ from ssl_zoo.data.views import IMAGENET_MEAN, IMAGENET_STD, make_views, multi_cr
 PHOTO_SIZE = (500, 375)
 """(width, height) of the generated photos."""
 QUALITY = 90
+CPU = torch.device("cpu")
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def make_folder(npz: Path, root: Path, n: int) -> None:
@@ -77,19 +83,25 @@ class OursLoader:
     """Our loader (persistent workers) and ``make_views`` with the batch's original sizes: in
     this process after loading (the GPU path's order) or, with ``in_workers``, in the workers."""
 
-    def __init__(self, spec_str: str, spec, batch: int, workers: int, in_workers: bool = False):
+    def __init__(self, spec_str: str, spec, batch: int, workers: int, in_workers: bool = False,
+                 device: torch.device = CPU, decode_on_device: bool = False):
         ds = open_source(spec_str, image_size=224).train
         views = WorkerViews(spec, seed=0) if in_workers else None
-        self.loader = BatchLoader(ds, batch, seed=0, num_workers=workers, views=views)
-        self.spec, self.gen, self.in_workers = spec, torch.Generator().manual_seed(0), in_workers
+        self.loader = BatchLoader(ds, batch, seed=0, num_workers=workers, views=views,
+                                  decode_on=device if decode_on_device else None,
+                                  pin_memory=device.type == "cuda" and not decode_on_device)
+        self.spec, self.in_workers, self.device = spec, in_workers, device
+        self.gen = torch.Generator(device).manual_seed(0)
 
     def rate(self) -> tuple[float, int]:
         """Images/s of one whole pass, from starting the iteration to the last crops."""
         done, start = 0, time.perf_counter()
         for images, index, sizes in self.loader.iterate():
             if not self.in_workers:
-                make_views(images, self.spec, self.gen, sizes)
+                make_views(images.to(self.device, non_blocking=True), self.spec, self.gen,
+                           sizes.to(self.device, non_blocking=True))
             done += index.shape[0]
+        sync(self.device)
         return done / (time.perf_counter() - start), done
 
     def close(self) -> None:
@@ -99,7 +111,7 @@ class OursLoader:
 class TorchvisionLoader:
     """ImageFolder + lightly's SwaVTransform per image, persistent DataLoader workers."""
 
-    def __init__(self, root: Path, batch: int, workers: int):
+    def __init__(self, root: Path, batch: int, workers: int, device: torch.device = CPU):
         from lightly.transforms import SwaVTransform
         from torch.utils.data import DataLoader
         from torchvision.datasets import ImageFolder
@@ -112,13 +124,19 @@ class TorchvisionLoader:
             normalize={"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)})
         self.loader = DataLoader(ImageFolder(str(root), transform=transform), batch_size=batch,
                                  shuffle=True, drop_last=True, num_workers=workers,
-                                 persistent_workers=workers > 0)
+                                 persistent_workers=workers > 0,
+                                 pin_memory=device.type == "cuda")
+        self.device = device
 
     def rate(self) -> tuple[float, int]:
-        """Images/s of one whole pass, from starting the iteration to the last crops."""
+        """Images/s of one whole pass, from starting the iteration to the last crops (on the
+        device, when it is a GPU: ready for the step there)."""
         done, start = 0, time.perf_counter()
         for views, _ in self.loader:
+            if self.device.type != "cpu":
+                views = [v.to(self.device, non_blocking=True) for v in views]
             done += views[0].shape[0]
+        sync(self.device)
         return done / (time.perf_counter() - start), done
 
     def close(self) -> None:
@@ -151,10 +169,17 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--train-steps", type=int, default=0,
                    help="also time CPU training with the crops made in the step vs the workers")
+    p.add_argument("--device", default="cpu",
+                   help="cuda: crops made on the GPU (folder decoded in the workers or by "
+                        "nvJPEG, prepared store), torchvision's crops copied there; results in "
+                        "folder_<device>.json")
     p.add_argument("--npz", type=Path, default=SHARED_NPZ)
     p.add_argument("--out", type=Path, default=None,
                    help="folder for folder.json (default benchmarks/results)")
     args = p.parse_args()
+    device = torch.device(args.device)
+    if device.type != "cpu" and args.train_steps:
+        p.error("--train-steps is the CPU training check; leave it out with --device")
     spec = multi_crop(224, 96, 6, (0.14, 1.0), (0.05, 0.14), 1.0, 0.5, 0.0)
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
@@ -165,13 +190,25 @@ def main() -> None:
         prepare(f"folder:{root}", store, canvas=256, workers=args.workers, show_progress=False)
         prepare_s = time.perf_counter() - t0
         store_bytes = sum(f.stat().st_size for f in store.rglob("*") if f.is_file())
-        sides = {"folder": OursLoader(f"folder:{root}", spec, args.batch, args.workers),
-                 "prepared": OursLoader(f"prepared:{store}", spec, args.batch, args.workers),
-                 "folder_workers": OursLoader(f"folder:{root}", spec, args.batch, args.workers,
-                                              in_workers=True),
-                 "prepared_workers": OursLoader(f"prepared:{store}", spec, args.batch,
-                                                args.workers, in_workers=True),
-                 "torchvision": TorchvisionLoader(root, args.batch, args.workers)}
+        if device.type == "cpu":
+            sides = {
+                "folder": OursLoader(f"folder:{root}", spec, args.batch, args.workers),
+                "prepared": OursLoader(f"prepared:{store}", spec, args.batch, args.workers),
+                "folder_workers": OursLoader(f"folder:{root}", spec, args.batch, args.workers,
+                                             in_workers=True),
+                "prepared_workers": OursLoader(f"prepared:{store}", spec, args.batch,
+                                               args.workers, in_workers=True),
+                "torchvision": TorchvisionLoader(root, args.batch, args.workers)}
+        else:
+            sides = {
+                "folder": OursLoader(f"folder:{root}", spec, args.batch, args.workers,
+                                     device=device),
+                "folder_device_decode": OursLoader(f"folder:{root}", spec, args.batch,
+                                                   args.workers, device=device,
+                                                   decode_on_device=True),
+                "prepared": OursLoader(f"prepared:{store}", spec, args.batch, args.workers,
+                                       device=device),
+                "torchvision": TorchvisionLoader(root, args.batch, args.workers, device)}
         for side in sides.values():  # warm-up pass: workers started, files in the page cache
             side.rate()
         rates: dict[str, list[float]] = {k: [] for k in sides}
@@ -190,24 +227,27 @@ def main() -> None:
             print(f"training round {r + 1}: " + ", ".join(
                 f"views in the {k} {v[-1]:,.1f} img/s" for k, v in train.items()), flush=True)
     med = {k: statistics.median(v) for k, v in rates.items()}
-    rows = [
-        {"pipeline": "ours: folder (reduced-size decode in workers, batched views)",
-         "images_per_s": med["folder"]},
-        {"pipeline": "ours: prepared store (memory map, batched views)",
-         "images_per_s": med["prepared"]},
-        {"pipeline": "ours: folder, views in the workers (CPU runs' default)",
-         "images_per_s": med["folder_workers"]},
-        {"pipeline": "ours: prepared store, views in the workers (CPU runs' default)",
-         "images_per_s": med["prepared_workers"]},
-        {"pipeline": "torchvision ImageFolder + lightly SwaVTransform per image",
-         "images_per_s": med["torchvision"]},
-    ]
+    names = {
+        "folder": "ours: folder (reduced-size decode in workers, batched views)",
+        "prepared": "ours: prepared store (memory map, batched views)",
+        "folder_workers": "ours: folder, views in the workers (CPU runs' default)",
+        "prepared_workers": "ours: prepared store, views in the workers (CPU runs' default)",
+        "folder_device_decode": "ours: folder, JPEGs decoded on the device (train.decode=device)",
+        "torchvision": "torchvision ImageFolder + lightly SwaVTransform per image",
+    }
+    if device.type != "cpu":
+        names = {k: v.replace("batched views", f"views on {device.type}")
+                 + (f", crops copied to {device.type}" if k == "torchvision" else "")
+                 for k, v in names.items()}
+    rows = [{"pipeline": names[k], "images_per_s": med[k]} for k in rates]
     for row in rows:
         row["vs_torchvision"] = row["images_per_s"] / med["torchvision"]
-    write_result("folder", {
+    name = "folder" if device.type == "cpu" else f"folder_{device.type}"
+    write_result(name, {
         "what": (f"images/s from {args.images} JPEGs of 500x375 (CIFAR-10 upscaled, quality "
                  f"{QUALITY}) to 2x224 + 6x96 SwAV crops ready for the step (normalised float "
-                 f"tensors), batch {args.batch}, {args.workers} DataLoader workers each, "
+                 f"tensors) on {device.type}, batch {args.batch}, {args.workers} DataLoader "
+                 f"workers each, "
                  f"median of {args.rounds} alternating whole passes after a warm-up pass; "
                  f"ours runs make_views in the main process with torch's default threads (the GPU "
                  f"path's order: on a GPU it runs on the device), or in each worker with one "

@@ -7,6 +7,8 @@
 #       (bench_views.py --quick; lightly side skipped, and logged, when lightly is missing);
 #   (c) bench_step.py on CUDA, bf16: ResNet-18 (CIFAR stem) at 2x32+4x16 (demo images) and
 #       ResNet-50 at 2x224+6x96 (random 256x256 images);
+#   (e) bench_folder.py --device cuda: 500x375 JPEGs to 2x224 + 6x96 crops on the GPU (folder
+#       decoded in the workers or by nvJPEG, prepared store) against torchvision + lightly;
 #   (d) a SwAV run, ResNet-18 CIFAR stem, batch 256, on the CIFAR-10 npz for as many epochs as fit
 #       the time left (measured from a 40-step calibration run), and its kNN next to random init:
 #       from eval.json when faiss is installed, else from benchmarks/_proof.py knn (exact cosine
@@ -164,6 +166,20 @@ if [ "$DRY" = 0 ]; then
 else
   step views 90 "$PY" benchmarks/bench_views.py --seconds 0.3 --rounds 1 --threads 1 --n-big 8 \
     --lightly-workers 1 --no-gpu --out "$OUT"
+fi
+
+# ---- (e) real-size JPEGs to crops on the GPU: folder (decoded in the workers or by nvJPEG),
+#      prepared store, torchvision + lightly's SwaVTransform (needs lightly and the npz) -------
+if [ "$LIGHTLY" = 1 ] && [ -n "$NPZ" ]; then
+  if [ "$DRY" = 0 ]; then
+    step folder 110 "$PY" benchmarks/bench_folder.py --device cuda --images 800 \
+      --workers "$NPROC" --batch 64 --rounds 2 --npz "$NPZ" --out "$OUT"
+  else
+    step folder 90 "$PY" benchmarks/bench_folder.py --images 32 --workers 1 --batch 8 \
+      --rounds 1 --npz "$NPZ" --out "$OUT"
+  fi
+else
+  say "folder: skipped (bench_folder.py needs lightly for its torchvision side, and the npz)"
 fi
 
 # ---- (d) a timed SwAV run and its kNN next to random init ------------------------------------

@@ -226,7 +226,8 @@ def load_step() -> dict | None:
 
 LOADERS = {"step": load_step}
 
-TABLES = {"views": table_views, "folder": table_folder, "knn": table_knn,
+TABLES = {"views": table_views, "folder": table_folder, "folder_cuda": table_folder,
+          "knn": table_knn,
           "swav_vs_lightly": table_swav,
           "compare": table_compare, "swav_claims": table_claims, "swav_sweep": table_sweep,
           "loss_scaling_cpu": table_loss_scaling, "ddp_cpu": table_ddp, "step": table_step}
