@@ -22,7 +22,7 @@ from ssl_zoo.errors import UserError
 from ssl_zoo.evaluation.run import RunEvaluation, evaluate_backbone
 from ssl_zoo.export import export_backbone
 from ssl_zoo.report import make_console, print_eval, print_train_summary
-from ssl_zoo.train import Trainer
+from ssl_zoo.train import Trainer, shutdown_distributed
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -186,6 +186,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             console.print(f"\n[yellow]interrupted[/]; continue with: ssl-zoo train --resume "
                           f"{run_dir}")
         return EXIT_INTERRUPTED
+    finally:
+        # a rank that exits with its process group alive can abort in gloo's threads at
+        # interpreter exit (seen once: SIGABRT after a finished run, torchrun reporting failure)
+        shutdown_distributed()
     if trainer.is_main:
         print_train_summary(console, cfg, result)
     return 0

@@ -67,6 +67,12 @@ def init_distributed(device_pref: str) -> tuple[int, int, torch.device]:
     return D.get_rank(), D.get_world_size(), device
 
 
+def shutdown_distributed() -> None:
+    """Destroy this process's process group, if the trainer made one (at the end of a run)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def views_in_workers(setting: str, device: torch.device, dataset, num_workers: int) -> bool:
     """``train.views_in`` resolved: auto means the workers for a CPU run that reads a folder or
     prepared store with workers (there the crops would otherwise wait in the step for one
