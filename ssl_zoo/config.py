@@ -61,8 +61,8 @@ class TrainConfig:
     decode: str = "workers"
     """Where folder images are decoded: workers (PIL in the loader workers, JPEGs at reduced
     size), device (the workers read the bytes, the training device decodes each batch's JPEGs
-    with torchvision.io.decode_jpeg: nvJPEG on CUDA; other formats and EXIF-rotated JPEGs are
-    still decoded in the workers). Folders only; the crops are then made in the step."""
+    with torchvision.io.decode_jpeg: nvJPEG on CUDA; other formats, CMYK and EXIF-rotated JPEGs
+    are still decoded in the workers). Folders only; the crops are then made in the step."""
     views_in: str = "auto"
     """Where the crops are made: step (in the training step, on the device: the GPU path),
     workers (in the loader's worker processes, one thread each, as torchvision's per-image

@@ -62,7 +62,8 @@ def read_for_device(path: str | Path, canvas: int
                     ) -> torch.Tensor | tuple[torch.Tensor, tuple[int, int]]:
     """What a loader worker sends when the training device decodes (``train.decode=device``):
     a JPEG's bytes as a uint8 1-D tensor, or, for what the device path cannot decode as
-    :func:`decode_image` would (other formats, JPEGs whose EXIF orientation is not 1),
+    :func:`decode_image` would (other formats, CMYK JPEGs, JPEGs whose EXIF orientation is
+    not 1),
     ``(canvas, original (h, w))`` decoded here. Raises on unreadable files."""
     from PIL import Image
 
@@ -70,9 +71,10 @@ def read_for_device(path: str | Path, canvas: int
     if data[:2] == JPEG_START:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with Image.open(path) as im:  # header only: format and EXIF orientation
-                upright = im.format == "JPEG" and im.getexif().get(EXIF_ORIENTATION, 1) == 1
-        if upright:
+            with Image.open(path) as im:  # header only: format, colour mode, orientation
+                plain = (im.format == "JPEG" and im.mode in ("RGB", "L")  # not CMYK
+                         and im.getexif().get(EXIF_ORIENTATION, 1) == 1)
+        if plain:
             return torch.frombuffer(bytearray(data), dtype=torch.uint8)
     return decode_image(path, canvas)
 

@@ -68,13 +68,14 @@ def test_jpegs_decoded_on_the_device_match_torchvision_and_the_worker_path(tmp_p
         assert diff.mean() < 1.5 and diff.max() <= 8, (SHAPES[i], diff.mean(), diff.max())
 
 
-def test_other_formats_and_rotated_jpegs_are_decoded_in_the_worker(tmp_path):
+def test_other_formats_cmyk_and_rotated_jpegs_are_decoded_in_the_worker(tmp_path):
     Image.fromarray(_smooth(30, 40, 1)).save(tmp_path / "a.png")
     rotated = Image.fromarray(_smooth(30, 40, 2))
     exif = rotated.getexif()
     exif[0x0112] = 6  # rotate 90: the original is 40 high, 30 wide
     rotated.save(tmp_path / "r.jpg", exif=exif.tobytes(), quality=95)
-    for name in ("a.png", "r.jpg"):
+    Image.fromarray(_smooth(20, 24, 3)).convert("CMYK").save(tmp_path / "k.jpg", quality=95)
+    for name in ("a.png", "r.jpg", "k.jpg"):
         payload = read_for_device(tmp_path / name, 32)
         canvas, hw = decode_image(tmp_path / name, 32)
         assert isinstance(payload, tuple) and torch.equal(payload[0], canvas)
