@@ -12,6 +12,8 @@ import json
 import re
 from pathlib import Path
 
+from ssl_zoo.report import fmt_spread as spread  # mean ± sd over seeds
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 
@@ -83,14 +85,6 @@ def table_swav(r: dict) -> str:
         lines.append(f"\nssl-zoo / lightly: **{r['speedup_vs_lightly']:.1f}x** the images/s, "
                      f"kNN top-1 (k=20) {r['knn_k20_delta_vs_lightly']:+.3f}.")
     return "\n".join(lines)
-
-
-def spread(x: dict | None, digits: int = 3, scale: float = 1.0) -> str:
-    """mean ± sd over seeds (just the mean for one seed)."""
-    if not x or x.get("mean") is None:
-        return "-"
-    m = f"{x['mean'] * scale:.{digits}f}"
-    return m if x.get("sd") is None else f"{m} ± {x['sd'] * scale:.{digits}f}"
 
 
 def table_compare(r: dict) -> str:

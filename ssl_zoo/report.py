@@ -112,7 +112,7 @@ def training_progress(console) -> Progress:
 
 def fmt_spread(s: dict[str, Any] | None, digits: int = 3, scale: float = 1.0) -> str:
     """``mean`` for one seed, ``mean ± sd`` for several (a spread from :func:`compare.spread`)."""
-    if not s:
+    if not s or s.get("mean") is None:
         return "-"
     mean = fmt(s["mean"] * scale, digits)
     return mean if s.get("sd") is None else f"{mean} ± {fmt(s['sd'] * scale, digits)}"

@@ -120,14 +120,10 @@ def prefetch(batches, device: torch.device):
         return
     stream = torch.cuda.Stream(device)
 
-    def to_device(x):
-        if isinstance(x, Views):  # crops made by the loader's workers
-            return Views([g.to(device, non_blocking=True) for g in x.groups], x.counts)
-        return x.to(device, non_blocking=True) if x is not None else None
-
-    def copy(batch):
+    def copy(batch):  # images or the crops made by the loader's workers (Views), index, sizes
         with torch.cuda.stream(stream):
-            return tuple(to_device(x) for x in batch)
+            return tuple(x.to(device, non_blocking=True) if x is not None else None
+                         for x in batch)
 
     it = iter(batches)
     nxt = next(it, None)
@@ -355,8 +351,7 @@ class Trainer:
         if isinstance(images, Views):  # made in the workers from this step's seed
             # torch's generator left as if the crops were made here
             skip_view_draws(self.view_spec, index.shape[0], self.device)
-            views = Views([g.to(self.device, non_blocking=True) for g in images.groups],
-                          images.counts)
+            views = images.to(self.device, non_blocking=True)
         else:
             images = images.to(self.device, non_blocking=True)
             if sizes is not None:

@@ -139,6 +139,12 @@ class Views(Sequence):
                 groups.append([c])
         return cls([torch.cat(g) for g in groups], [len(g) for g in groups], index)
 
+    def to(self, device: torch.device, non_blocking: bool = False) -> Views:
+        """The same crops (and index) on ``device``."""
+        index = None if self.index is None else self.index.to(device, non_blocking=non_blocking)
+        return Views([g.to(device, non_blocking=non_blocking) for g in self.groups],
+                     self.counts, index)
+
     def __reduce__(self):  # sent between processes as its groups (the crops are slices)
         return Views, (self.groups, self.counts, self.index)
 

@@ -201,26 +201,6 @@ def loss_curve(records: Sequence[Mapping], path, *, keys: Sequence[str] = ("loss
     return _save(fig, path)
 
 
-def knn_curves(curves: Mapping[str, Sequence[tuple[int, float]]], path, *,
-               ylabel: str = "kNN top-1 (k=20, T=0.07)", floor: float | None = None) -> Path:
-    """kNN accuracy per epoch, one line per method; ``floor`` draws the random-init level."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 3.8))
-    for name, pts in curves.items():
-        pts = sorted(dict((int(e), float(v)) for e, v in pts).items())
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=name)
-    if floor is not None:
-        ax.axhline(floor, color="grey", ls="--", lw=1, label="random init")
-    from matplotlib.ticker import MaxNLocator
-
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(ylabel)
-    ax.legend(frameon=False, fontsize=8)
-    ax.grid(alpha=0.3)
-    return _save(fig, path)
-
-
 def knn_bands(curves: Mapping[str, Sequence[tuple[float, float, float, float]]], path, *,
               xlabel: str, ylabel: str = "kNN top-1 (k=20, T=0.07)",
               floor: float | None = None) -> Path:

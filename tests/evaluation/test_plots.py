@@ -72,9 +72,10 @@ def test_curves_and_bars(tmp_path):
     rows.insert(3, {"step": 25, "loss": float("nan")})  # skipped, not drawn as a gap crash
     opened(plots.loss_curve(rows, tmp_path / "loss.png"))
     opened(plots.loss_curve([{"loss": float("nan")}], tmp_path / "empty.png"))
-    opened(plots.knn_curves({"swav": [(1, 0.30), (2, 0.41), (3, 0.45)],
-                             "simclr": [(2, 0.44), (1, 0.35)]}, tmp_path / "knn.png",
-                            floor=0.36))
+    opened(plots.knn_bands({"swav": [(1, 0.30, 0.30, 0.30), (2, 0.41, 0.40, 0.43),
+                                     (3, 0.45, 0.44, 0.46)],
+                            "simclr": [(2, 0.44, 0.44, 0.44), (1, 0.35, 0.35, 0.35)]},
+                           tmp_path / "knn.png", xlabel="epoch", floor=0.36))
     bars = opened(plots.metric_bars(
         {"random init": {"knn_k20": 0.36, "knn_k200": 0.35, "linear": None, "nmi": 0.05},
          "swav": {"knn_k20": 0.40, "knn_k200": 0.41, "linear": 0.45, "nmi": 0.12}},
@@ -87,6 +88,6 @@ def test_backend_is_agg_and_no_figure_is_left_open(tmp_path):
     import matplotlib
     import matplotlib.pyplot as plt
 
-    plots.knn_curves({"a": [(1, 0.5)]}, tmp_path / "k.png")
+    plots.knn_bands({"a": [(1, 0.5, 0.5, 0.5)]}, tmp_path / "k.png", xlabel="epoch")
     assert matplotlib.get_backend().lower() == "agg"
     assert plt.get_fignums() == []
