@@ -583,6 +583,49 @@ def test_cuda_views_with_cuda_or_cpu_generator():
         torch.testing.assert_close(x.cpu(), y, atol=1e-4, rtol=0)
 
 
+def _rank(values: list[float], i: int) -> int:
+    """Place of ``values[i]`` in ascending order."""
+    return sorted(range(len(values)), key=values.__getitem__).index(i)
+
+
+@pytest.mark.parametrize("n", [1, 10, 37])
+def test_draw_params_reads_one_uniform_block_in_the_documented_order(n):
+    """The random parameters of n crops come from one (n, 36) torch.rand draw, read per row in
+    this order (what keeps the crops of a seed the same from version to version): 10 area and
+    10 log-aspect tries, top, left, flip, jitter on, 4 jitter factors, 3 keys ordering
+    brightness, contrast and saturation, the hue-position key, grayscale, the blur key, blur
+    sigma, solarize. Written out per row in Python from the raw draw."""
+    g = CropGroup(count=1, size=8, flip_p=0.5, jitter_p=0.7, brightness=0.8, contrast=0.3,
+                  saturation=1.2, hue=0.2, grayscale_p=0.3, blur_p=0.4, blur_sigma=(0.2, 1.5),
+                  solarize_p=0.3)
+    raw_gen, gen = _gen(51), _gen(51)
+    u = torch.rand(n, 36, generator=raw_gen)
+    p = V.draw_params(n, 24, 20, g, torch.device("cpu"), gen)
+    assert torch.equal(gen.get_state(), raw_gen.get_state())  # that one draw, nothing else
+    a = 10
+    boxes = V.boxes_from_uniforms(u[:, :a], u[:, a:2 * a], u[:, 20], u[:, 21], 24, 20, g.scale,
+                                  g.ratio)
+    assert torch.equal(p.boxes, boxes)
+    rows = u.double().tolist()
+    hue_keys, blur_keys = [r[31] for r in rows], [r[33] for r in rows]
+    hue_bounds = list(itertools.accumulate(n // 4 + (j < n % 4) for j in range(4)))
+    n_blur = round(g.blur_p * n)
+    ranges = [(1 - g.brightness, 1 + g.brightness), (1 - g.contrast, 1 + g.contrast),
+              (0.0, 1 + g.saturation), (-g.hue, g.hue)]
+    for i, r in enumerate(rows):
+        assert bool(p.flip[i]) == (r[22] < g.flip_p)
+        factors = [lo + r[24 + j] * (hi - lo) for j, (lo, hi) in enumerate(ranges)]
+        assert p.jitter_factors[i].tolist() == pytest.approx(factors, abs=1e-6)
+        linear = sorted(range(3), key=lambda k: r[28 + k])
+        hue_at = sum(_rank(hue_keys, i) >= b for b in hue_bounds[:-1])
+        order = linear[:hue_at] + [3] + linear[hue_at:] if r[23] < g.jitter_p else [-1] * 4
+        assert p.jitter_order[i].tolist() == order
+        assert bool(p.grayscale[i]) == (r[32] < g.grayscale_p)
+        assert bool(p.blur[i]) == (_rank(blur_keys, i) >= n - n_blur)
+        assert float(p.blur_sigma[i]) == pytest.approx(0.2 + r[34] * 1.3, abs=1e-6)
+        assert bool(p.solarize[i]) == (r[35] < g.solarize_p)
+
+
 def test_balanced_choices_keep_each_rows_probabilities():
     """Hue position and blur are stratified over the batch (fixed-size subsets, no device
     reads), yet every row on its own does them with torchvision's probabilities."""
