@@ -13,10 +13,11 @@ median of the rounds is kept (``torch.cuda.synchronize()`` before every timer re
 * **views alone**: ``make_views`` of a uint8 batch copied to the device.
 
 The ratio full / backbone is the share of the backbone's speed that the whole step keeps. Then
-one ``torch.profiler`` run of a few steps (SwAV by default) says where the rest goes: the step's
-phases are replayed here in ``_train_step``'s order with ``record_function`` labels (views,
-forward, backward, hooks, optimiser), the backbone's forward is labelled by module hooks and
-SwAV's Sinkhorn by wrapping the method module's ``sinkhorn``; every profiled op is charged to
+one ``torch.profiler`` run of a few steps (SwAV by default) says where the rest goes: it profiles
+the same ``Trainer._train_step``, whose phases carry ``record_function`` labels while a profiler
+runs (views, forward, non-finite guard, backward, hooks and schedule, optimiser; see
+``ssl_zoo.steps.phase_labels``); here the backbone's forward is labelled too, by module hooks,
+and SwAV's Sinkhorn by wrapping the method module's ``sinkhorn``. Every profiled op is charged to
 its innermost label (ops of autograd's own threads to the phase running at the time). Shares are
 of GPU kernel time on CUDA and of host CPU time on the CPU (both are kept).
 
@@ -56,8 +57,9 @@ from ssl_zoo.assemble import Run, resolve  # noqa: E402
 from ssl_zoo.backbones import build_backbone  # noqa: E402
 from ssl_zoo.config import TrainConfig  # noqa: E402
 from ssl_zoo.data.views import ViewSpec, make_views  # noqa: E402
-from ssl_zoo.optim import build_optimizer, warmup_cosine  # noqa: E402
-from ssl_zoo.train import Trainer, amp_dtype, step_seed  # noqa: E402
+from ssl_zoo.optim import build_optimizer  # noqa: E402
+from ssl_zoo.steps import PHASES, amp_dtype  # noqa: E402
+from ssl_zoo.train import Trainer  # noqa: E402
 
 METHODS = ("swav", "simclr", "moco", "pcl")
 NEW_FLAGS = ("compile", "channels_last", "cudnn_benchmark", "tf32")
@@ -67,10 +69,9 @@ NEW_FLAGS = ("compile", "channels_last", "cudnn_benchmark", "tf32")
 GROUPS = {"zoo:views": "views", "zoo:backbone": "backbone",
           "zoo:momentum_encoder": "momentum encoder",
           "zoo:forward": "heads/prototypes/loss", "zoo:sinkhorn": "sinkhorn",
-          "zoo:backward": "backward", "zoo:optimizer": "optimiser",
-          "zoo:hooks": "hooks and schedule"}
-PHASES = ("zoo:views", "zoo:forward", "zoo:backward", "zoo:optimizer", "zoo:hooks")
-"""Top-level phases of one step, in order; ops of other threads go to the phase running."""
+          "zoo:nonfinite": "non-finite guard", "zoo:backward": "backward",
+          "zoo:optimizer": "optimiser", "zoo:hooks": "hooks and schedule"}
+assert set(PHASES) <= set(GROUPS), "a phase label of the step has no group here"
 
 
 def train_fields() -> set[str]:
@@ -223,43 +224,9 @@ def rounds_of(contenders: dict, batch: int, device: torch.device, rounds: int, s
 # --------------------------------------------------------------------------------------------
 # profile
 # --------------------------------------------------------------------------------------------
-def mirrored_step(tr: Trainer, images: torch.Tensor, index: torch.Tensor) -> None:
-    """``Trainer._train_step``'s phases in its order, each under a profiler label."""
-    t = tr.cfg.train
-    dtype = getattr(tr, "autocast_dtype", amp_dtype(t.amp, tr.device))
-    scaler = getattr(tr, "scaler", None)
-    with record_function("zoo:hooks"):
-        lr = warmup_cosine(tr.step, tr.total_steps, tr.warmup_steps, tr.peak_lr,
-                           tr.peak_lr * t.final_lr_ratio)
-        for g in tr.optimizer.param_groups:
-            g["lr"] = lr
-        torch.manual_seed(step_seed(t.seed, tr.step, tr.rank))
-    with record_function("zoo:views"):
-        images = images.to(tr.device, non_blocking=True)
-        views = make_views(images, tr.view_spec)
-        views.index = index.to(tr.device, non_blocking=True)
-    tr.ctx.step, tr.ctx.epoch = tr.step, tr.epoch
-    with record_function("zoo:forward"):
-        with (torch.autocast(tr.device.type, dtype=dtype) if dtype
-              else contextlib.nullcontext()):
-            loss = tr.model(views).loss
-    with record_function("zoo:backward"):
-        if scaler:
-            scaler.scale(loss).backward()
-            scaler.unscale_(tr.optimizer)
-        else:
-            loss.backward()
-    with record_function("zoo:hooks"):
-        tr.method.before_optimizer_step(tr.ctx)
-    with record_function("zoo:optimizer"):
-        if scaler:
-            scaler.step(tr.optimizer)
-            scaler.update()
-        else:
-            tr.optimizer.step()
-        tr.optimizer.zero_grad(set_to_none=True)
-    with record_function("zoo:hooks"):
-        tr.method.after_optimizer_step(tr.ctx)
+def real_step(tr: Trainer, images: torch.Tensor, index: torch.Tensor) -> None:
+    """The trainer's own step, as ``fit`` calls it (its phase labels on under a profiler)."""
+    tr._train_step(images, index)
     tr.step += 1
 
 
@@ -336,25 +303,20 @@ def charge(events) -> tuple[dict[str, list[float]], float]:
     return out, nowhere
 
 
-def profile_step(tr: Trainer, batches, steps: int, timing_steps: int) -> dict:
+def profile_step(tr: Trainer, batches, steps: int) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     dev = tr.device
     with labelled(tr):
         for i in range(2):  # warm the labelled path
-            mirrored_step(tr, *batches[i % len(batches)])
+            real_step(tr, *batches[i % len(batches)])
         sync(dev)
-        start = time.perf_counter()  # the replay's own speed, unprofiled: a staleness check
-        for i in range(timing_steps):
-            mirrored_step(tr, *batches[i % len(batches)])
-        sync(dev)
-        mirror_ips = timing_steps * tr.cfg.train.batch_size / (time.perf_counter() - start)
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda"
                                                else [])
         with profile(activities=activities) as prof:
             start = time.perf_counter()
             for i in range(steps):
-                mirrored_step(tr, *batches[i % len(batches)])
+                real_step(tr, *batches[i % len(batches)])
             sync(dev)
             wall = time.perf_counter() - start
     charged, nowhere = charge(prof.events())
@@ -372,7 +334,7 @@ def profile_step(tr: Trainer, batches, steps: int, timing_steps: int) -> dict:
     return {"method": tr.cfg.method, "steps": steps, "basis": basis,
             "wall_ms_per_step_profiled": 1000 * wall / steps,
             "unlabelled_cpu_ms_per_step": nowhere / 1000 / steps,
-            "mirrored_step_images_per_s": mirror_ips, "groups": groups}
+            "profiled": "Trainer._train_step", "groups": groups}
 
 
 # --------------------------------------------------------------------------------------------
@@ -400,8 +362,7 @@ def bench_method(args, method: str, dataset: str, large: tuple[int, int] | None,
     def full() -> None:
         images, index = batches[state["i"] % len(batches)]
         state["i"] += 1
-        tr._train_step(images, index)
-        tr.step += 1
+        real_step(tr, images, index)
 
     def views_only() -> None:
         images, _ = batches[state["i"] % len(batches)]
@@ -424,7 +385,7 @@ def bench_method(args, method: str, dataset: str, large: tuple[int, int] | None,
     prof = None
     if profile:
         try:
-            prof = profile_step(tr, batches, args.profile_steps, args.steps)
+            prof = profile_step(tr, batches, args.profile_steps)
             prof["full_step_images_per_s"] = med["full_step"]
         except Exception as exc:  # a profile is a diagnosis; never lose the timings for it
             prof = {"method": method, "error": f"{type(exc).__name__}: {exc}"}

@@ -189,7 +189,8 @@ def table_step(r: dict) -> str:
         lines.append("\n" + "  \n".join(f"_{n}_" for n in notes))
     if profiles:
         names = [k for k in ("views", "backbone", "momentum encoder", "heads/prototypes/loss",
-                             "sinkhorn", "backward", "optimiser", "hooks and schedule")
+                             "sinkhorn", "non-finite guard", "backward", "optimiser",
+                             "hooks and schedule")
                  if any(p["groups"].get(k, {}).get(f"{p['basis']}_share") for _, p in profiles)]
         lines += ["", "Where the step's time goes (torch.profiler, share of GPU kernel time on "
                   "CUDA, of host CPU time on the CPU):", "",
