@@ -21,6 +21,8 @@ checkpoint taken mid-epoch resumes with exactly the same clustering. The assignm
 one entry per training image; the constructor does not know the dataset size, so it starts empty,
 is allocated in ``on_train_start`` from ``TrainContext.dataset_size``, and ``load_state_dict``
 re-sizes it to the checkpoint's shape (the trainer loads checkpoints before ``on_train_start``).
+The epoch of the last clustering is a host counter saved beside them
+(:mod:`ssl_zoo.modules.state`), so whether ProtoNCE is on is known without reading the device.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from ssl_zoo.errors import ConfigError
 from ssl_zoo.evaluation.faiss_utils import kmeans
 from ssl_zoo.method import StepOutput, TrainContext
 from ssl_zoo.modules.distributed import all_reduce_sum, get_rank, is_distributed
+from ssl_zoo.modules.state import host_counters, sized_by_checkpoint
 
 
 # --------------------------------------------------------------------------------------------
@@ -194,7 +197,7 @@ class PCL(MoCo):
     config: PCLConfig
 
     assignments: torch.Tensor
-    cluster_epoch: torch.Tensor
+    cluster_epoch: int  # epoch of the last clustering; -1: none yet
 
     def __init__(self, backbone: nn.Module, feature_dim: int, config: PCLConfig | None = None):
         super().__init__(backbone, feature_dim, config)
@@ -204,21 +207,10 @@ class PCL(MoCo):
             self.register_buffer(f"concentration_{m}", torch.ones(k))
         # (clusterings, dataset size): allocated in on_train_start / resized by load_state_dict
         self.register_buffer("assignments", torch.zeros(len(c.num_clusters), 0, dtype=torch.long))
-        self.register_buffer("cluster_epoch", torch.full((), -1, dtype=torch.long))
-        self._clustered = False  # host copy of cluster_epoch >= 0
+        sized_by_checkpoint(self, "assignments")
+        host_counters(self, cluster_epoch=-1)
 
     # --- state ------------------------------------------------------------------------------
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):
-        key = prefix + "assignments"
-        incoming = state_dict.get(key)
-        if incoming is not None and incoming.shape != self.assignments.shape:
-            self.assignments = torch.empty(incoming.shape, dtype=self.assignments.dtype,
-                                           device=self.assignments.device)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
-        self._clustered = int(self.cluster_epoch) >= 0
-
     def clustering(self, m: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Centroids (k, d) and scaled concentrations (k,) of clustering ``m``."""
         return getattr(self, f"centroids_{m}"), getattr(self, f"concentration_{m}")
@@ -226,7 +218,7 @@ class PCL(MoCo):
     @property
     def clustered(self) -> bool:
         """Whether a clustering exists (ProtoNCE is on); known on the host."""
-        return self._clustered
+        return self.cluster_epoch >= 0
 
     # --- clustering -------------------------------------------------------------------------
     @torch.no_grad()
@@ -280,8 +272,7 @@ class PCL(MoCo):
             all_reduce_sum(centroids)  # a broadcast from rank 0: the others add zeros
             all_reduce_sum(concentration)
             all_reduce_sum(self.assignments[m])
-        self.cluster_epoch.fill_(epoch)
-        self._clustered = True
+        self.cluster_epoch = epoch
 
     def _ensure_assignments(self, dataset_size: int) -> None:
         if self.assignments.shape[1] == dataset_size:

@@ -43,9 +43,11 @@ from ssl_zoo.data.views import Views, ViewSpec, multi_crop
 from ssl_zoo.errors import ConfigError
 from ssl_zoo.method import Method, MethodConfig, StepOutput, TrainContext
 from ssl_zoo.modules import distributed as D
+from ssl_zoo.modules.collapse import CollapseMonitor
 from ssl_zoo.modules.heads import mlp_head
 from ssl_zoo.modules.prototypes import Prototypes
 from ssl_zoo.modules.queue import FeatureQueue
+from ssl_zoo.modules.state import host_counters
 
 
 # --------------------------------------------------------------------------------------------
@@ -112,6 +114,24 @@ def sinkhorn(scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 3,
         return torch.exp(log_q + log_n)
 
 
+def crops_for_assign_problem(crops_for_assign: Sequence[int], n_crops: int | None = None
+                             ) -> str | None:
+    """What is wrong with ``crops_for_assign`` for ``n_crops`` crops (None: not known yet), or
+    None: at least one crop, no crop twice, and indices in 0..n_crops-1 of >= 2 crops. The one
+    rule, raised as ConfigError by the config, the view-spec check and ``forward``, and as
+    ValueError by :func:`swapped_prediction_loss`."""
+    crops = tuple(crops_for_assign)
+    if not crops:
+        return "crops_for_assign must name at least one crop (the paper: (0, 1))"
+    if len(set(crops)) != len(crops):
+        return f"crops_for_assign has repeated crops: {crops}"
+    if n_crops is not None and (n_crops < 2 or not all(0 <= c < n_crops for c in crops)):
+        return (f"crops_for_assign {crops}: crop indices must be in 0..{n_crops - 1} for the "
+                f"{n_crops} crops of the view spec (need >= 2 crops); the paper uses (0, 1), "
+                f"the two global crops")
+    return None
+
+
 def swapped_prediction_loss(scores_per_crop: Sequence[torch.Tensor],
                             codes_per_assigned_crop: Sequence[torch.Tensor],
                             crops_for_assign: Sequence[int] = (0, 1),
@@ -127,11 +147,9 @@ def swapped_prediction_loss(scores_per_crop: Sequence[torch.Tensor],
     if len(codes_per_assigned_crop) != len(crops_for_assign):
         raise ValueError(f"{len(codes_per_assigned_crop)} codes for "
                          f"{len(crops_for_assign)} assigned crops")
-    if n_crops < 2 or not crops_for_assign:
-        raise ValueError("the swapped prediction needs >= 2 crops and >= 1 assigned crop")
-    if not all(0 <= c < n_crops for c in crops_for_assign):
-        raise ValueError(f"crops_for_assign {tuple(crops_for_assign)} out of range for "
-                         f"{n_crops} crops")
+    problem = crops_for_assign_problem(crops_for_assign, n_crops)
+    if problem:
+        raise ValueError(problem)
     device = scores_per_crop[0].device
     with torch.autocast(device.type, enabled=False):
         dtype = torch.promote_types(scores_per_crop[0].dtype, torch.float32)
@@ -227,9 +245,8 @@ class SwAVConfig(MethodConfig):
         for name in ("freeze_prototypes_iters", "hard_assignment_iters", "queue_start_epoch",
                      "collapse_patience_iters"):
             need(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
-        need(len(self.crops_for_assign) >= 1, "crops_for_assign must name at least one crop")
-        need(len(set(self.crops_for_assign)) == len(self.crops_for_assign),
-             f"crops_for_assign has repeated crops: {tuple(self.crops_for_assign)}")
+        problem = crops_for_assign_problem(self.crops_for_assign)  # the crops: check_views
+        need(problem is None, str(problem))
         need(self.queue_length >= 0, f"queue_length must be >= 0 (0: no queue), got "
                                      f"{self.queue_length}")
         rows = batch_size + self.queue_length
@@ -255,8 +272,8 @@ class SwAV(Method):
     Config = SwAVConfig
     config: SwAVConfig
 
-    iteration: torch.Tensor
-    epoch: torch.Tensor
+    iteration: int  # optimiser steps done (hard codes for the first hard_assignment_iters)
+    epoch: int  # the current epoch (the queue fills from queue_start_epoch)
 
     def __init__(self, backbone: nn.Module, feature_dim: int, config: SwAVConfig | None = None):
         super().__init__(backbone, feature_dim, config)
@@ -267,24 +284,18 @@ class SwAV(Method):
         self.queues = nn.ModuleList(
             [FeatureQueue(c.queue_length, c.feat_dim) for _ in c.crops_for_assign]
             if c.queue_length > 0 else [])
-        self.register_buffer("iteration", torch.zeros((), dtype=torch.long))  # steps done
-        self.register_buffer("epoch", torch.zeros((), dtype=torch.long))  # current epoch
-        # host copies of the two counters (restored from the buffers when a checkpoint loads),
-        # so a step never reads a device value to know where it is
-        self._iteration = 0
-        self._epoch = 0
-        self._ctx: TrainContext | None = None
+        # where the run is, as host ints saved in the state_dict: a step never reads the device
+        host_counters(self, iteration=0, epoch=0)
+        # forward's one view of the trainer: ``log_step`` (metrics that cost time are computed
+        # on log steps only). The trainer's context, kept in on_train_start (the trainer updates
+        # it in place every step, see Method.on_train_start); outside a trainer, always a log step.
+        self._ctx = TrainContext()
         self._pending: list[torch.Tensor] = []  # this step's embeddings, for the queue
-        self._possible_used = c.num_prototypes  # prototypes a batch's hard codes can reach
-        self._collapse_streaks = [0, 0]  # iterations with (loss at ln K, usage <= 2)
-        self._last_log_step = 0
-        self._collapse_warned = False
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
-        self._iteration, self._epoch = int(self.iteration), int(self.epoch)
+        self.monitor = CollapseMonitor(
+            c.num_prototypes, c.collapse_patience_iters, method="SwAV",
+            advice="On small data, fewer prototypes (method.num_prototypes 30-100), a lower "
+                   "epsilon (0.03) and Adam learned in our measurements, while SGD with 100+ "
+                   "prototypes stayed at ln K.")
 
     @classmethod
     def default_views(cls, config: SwAVConfig, image_size: int) -> ViewSpec:
@@ -315,12 +326,9 @@ class SwAV(Method):
     @classmethod
     def check_views(cls, config: SwAVConfig, spec: ViewSpec) -> None:
         """The assigned crops must exist in the view spec."""
-        n = spec.num_crops
-        if n < 2 or any(not 0 <= c < n for c in config.crops_for_assign):
-            raise ConfigError(
-                f"method.crops_for_assign {tuple(config.crops_for_assign)}: crop indices must be "
-                f"in 0..{n - 1} for the {n} crops of the view spec (need >= 2 crops); the paper "
-                f"uses (0, 1), the two global crops")
+        problem = crops_for_assign_problem(config.crops_for_assign, spec.num_crops)
+        if problem:
+            raise ConfigError(f"method.{problem}")
 
     # --- pieces ---------------------------------------------------------------------------------
     def embed(self, features: torch.Tensor) -> torch.Tensor:
@@ -348,7 +356,7 @@ class SwAV(Method):
             rows = torch.cat([queued.to(rows.dtype), rows])
         codes = sinkhorn(rows, c.epsilon, c.sinkhorn_iterations, c.sinkhorn_float64)
         codes = codes[-scores.shape[0]:]
-        if self._iteration < c.hard_assignment_iters:
+        if self.iteration < c.hard_assignment_iters:
             codes = torch.zeros_like(codes).scatter_(1, codes.argmax(dim=1, keepdim=True), 1.0)
         return codes
 
@@ -356,9 +364,9 @@ class SwAV(Method):
     def forward(self, views: Views) -> StepOutput:
         c = self.config
         n_crops = len(views)
-        if n_crops < 2 or any(not 0 <= i < n_crops for i in c.crops_for_assign):
-            raise ConfigError(f"method.crops_for_assign {tuple(c.crops_for_assign)} does not fit "
-                              f"the {n_crops} crops of the view spec (need >= 2 crops)")
+        problem = crops_for_assign_problem(c.crops_for_assign, n_crops)
+        if problem:  # the trainer checked the view spec; a direct call may pass other views
+            raise ConfigError(f"method.{problem}")
         feats = torch.cat(self.encode_views(views))  # one backbone pass per resolution
         z = self.embed(feats)  # (V B, feat_dim); the head sees all crops as one batch
         with torch.autocast(z.device.type, enabled=False):
@@ -374,72 +382,19 @@ class SwAV(Method):
         # after use, this batch enters the queue: in after_optimizer_step, once the step is
         # known to be finite
         self._pending = ([z_per_crop[crop] for crop in c.crops_for_assign]
-                         if use_queues and self.training and self._epoch >= c.queue_start_epoch
+                         if use_queues and self.training and self.epoch >= c.queue_start_epoch
                          else [])
 
         loss = swapped_prediction_loss(scores_per_crop, codes, c.crops_for_assign,
                                        c.temperature)
-        self._possible_used = min(c.num_prototypes, scores_per_crop[0].shape[0])
         metrics: dict[str, Any] = {"ln_k": math.log(c.num_prototypes)}
-        if self._ctx is None or self._ctx.log_step:
-            metrics.update(self._monitor(loss, codes))
+        if self._ctx.log_step:
+            metrics.update(self.monitor.metrics(loss, codes))
         if use_queues:
             metrics["queue_in_use"] = float(queue_in_use)
         debug = {"scores": scores.detach(), "embeddings": z.detach(),
                  **{f"codes_{j}": q for j, q in enumerate(codes)}}
         return StepOutput(loss, metrics, debug)
-
-    # --- collapse monitor -------------------------------------------------------------------------
-    def _monitor(self, loss: torch.Tensor, codes: list[torch.Tensor]) -> dict[str, Any]:
-        """Collapse indicators (device tensors, computed on log steps only): loss / ln K,
-        prototypes used by the batch's hard codes and the normalised entropy of that usage
-        (1: even, 0: one prototype), mean top code (1/K when the codes are uniform).
-
-        The entropy of the *mean soft code* would say nothing: Sinkhorn makes it near uniform
-        by construction, even when all samples are identical, so usage counts argmaxes. A
-        collapse to near-identical embeddings can still spread the argmaxes over all prototypes
-        (tiny differences decide them), so the loss sitting at ln K and ``code_max`` near 1/K
-        are the signs to watch; the usage count catches a collapse onto one prototype.
-        """
-        k = self.config.num_prototypes
-        ln_k = math.log(k)
-        q = torch.cat(codes).detach()
-        top = q.argmax(dim=1)
-        counts = torch.zeros(k, device=q.device).index_add_(
-            0, top, torch.ones_like(top, dtype=torch.float32))  # bincount, without a sync
-        usage = counts / counts.sum()
-        entropy = -(usage * torch.log(usage.clamp_min(1e-30))).sum() / ln_k
-        return {"loss_over_lnK": loss.detach() / ln_k, "prototypes_used": (counts > 0).sum(),
-                "code_entropy": entropy, "code_max": q.max(dim=1).values.mean()}
-
-    def on_log(self, ctx: TrainContext, metrics: dict[str, float]) -> None:
-        """Warn once if the loss has stayed at ln K, or usage at <= 2 prototypes, for
-        ``collapse_patience_iters`` iterations, judged from the logged values (every
-        ``log_every_iters``; a streak counts the iterations since the first log that saw it)."""
-        patience = self.config.collapse_patience_iters
-        if patience <= 0 or self._collapse_warned or "loss_over_lnK" not in metrics:
-            return
-        since = max(1, ctx.step - self._last_log_step)
-        self._last_log_step = ctx.step
-        at_ln_k = abs(metrics["loss_over_lnK"] - 1) < 0.003  # collapsed runs sit at ln K
-        few = metrics["prototypes_used"] <= 2 and self._possible_used > 4
-        self._collapse_streaks = [s + since if bad else 0
-                                  for s, bad in zip(self._collapse_streaks, (at_ln_k, few))]
-        loss_streak, usage_streak = self._collapse_streaks
-        if max(loss_streak, usage_streak) < patience:
-            return
-        self._collapse_warned = True
-        if D.get_rank() != 0:
-            return
-        k = self.config.num_prototypes
-        what = (f"the loss has stayed at ln K = {math.log(k):.3f}" if loss_streak >= patience
-                else "at most 2 prototypes have been used")
-        warnings.warn(
-            f"SwAV may have collapsed: {what} for {patience} iterations. On small data, "
-            f"fewer prototypes (method.num_prototypes 30-100), a lower epsilon (0.03) and "
-            f"Adam learned in our measurements, while SGD with 100+ prototypes stayed at ln K.",
-            RuntimeWarning, stacklevel=2,
-        )
 
     # --- evaluation -------------------------------------------------------------------------------
     @torch.no_grad()
@@ -451,15 +406,14 @@ class SwAV(Method):
 
     # --- hooks ------------------------------------------------------------------------------------
     def on_train_start(self, ctx: TrainContext) -> None:
-        """Keep the trainer's context: ``ctx.log_step`` says when metrics are wanted."""
+        """Keep the trainer's context (``ctx.log_step`` says when metrics are wanted); the
+        collapse monitor counts from here."""
         self._ctx = ctx
-        self._last_log_step = ctx.step
+        self.monitor.start(ctx.step)
 
     def on_epoch_start(self, ctx: TrainContext) -> None:
         """Remember the epoch (the queue fills from ``queue_start_epoch``) and the iteration."""
-        self._epoch, self._iteration = ctx.epoch, ctx.step
-        self.epoch.fill_(ctx.epoch)
-        self.iteration.fill_(ctx.step)
+        self.epoch, self.iteration = ctx.epoch, ctx.step
 
     def before_optimizer_step(self, ctx: TrainContext) -> None:
         """Freeze the prototypes for the first iterations: drop their gradient (App. A.1)."""
@@ -477,5 +431,9 @@ class SwAV(Method):
         self._pending = []
         if self.prototypes.learnable and ctx.step >= self.config.freeze_prototypes_iters:
             self.prototypes.normalize_()
-        self._iteration = ctx.step + 1
-        self.iteration.fill_(self._iteration)
+        self.iteration = ctx.step + 1
+
+    def on_log(self, ctx: TrainContext, metrics: dict[str, float]) -> None:
+        """Warn once if SwAV looks collapsed for ``collapse_patience_iters`` iterations, judged
+        from the logged values (:class:`~ssl_zoo.modules.collapse.CollapseMonitor`)."""
+        self.monitor.observe(ctx.step, metrics)

@@ -1,4 +1,4 @@
-"""From what a user typed to one typed, validated run (DESIGN.md: ``assemble``).
+"""From what a user typed to one typed, validated run (docs/design.md, "Layers": assembly).
 
 The only place that does this, for ``train``, ``eval``, ``compare`` and ``export``: config files
 and ``--set`` overrides are merged, the method is looked up once, its typed config gets every

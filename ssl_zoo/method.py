@@ -1,4 +1,4 @@
-"""The plug-in contract between the trainer and a self-supervised method (see DESIGN.md).
+"""The plug-in contract between the trainer and a self-supervised method (docs/design.md).
 
 A method is an ``nn.Module`` subclass of :class:`Method`. It owns its heads, prototypes, queues and
 momentum encoders, computes one step's loss from a list of augmented views, and may react to a few
@@ -70,8 +70,9 @@ class Method(nn.Module):
 
     Subclasses set ``name``, ``description`` and ``Config`` (a :class:`MethodConfig` dataclass),
     implement :meth:`default_views` and :meth:`forward`, and may override the hooks. Extra state
-    (queues, counters, cluster assignments) must be registered buffers so that ``state_dict``
-    carries it and a resumed run continues exactly.
+    must be in ``state_dict`` so that a resumed run continues exactly: tensors (queues, cluster
+    assignments) as registered buffers, counters the host decides with as Python ints given to
+    :func:`ssl_zoo.modules.state.host_counters`.
     """
 
     name: ClassVar[str] = ""
@@ -100,7 +101,8 @@ class Method(nn.Module):
 
     # --- shared helpers -----------------------------------------------------------------------
     def encode_views(self, views: Views, encoder: nn.Module | None = None) -> list[torch.Tensor]:
-        """Backbone features of every crop, one forward per resolution group (DESIGN: views).
+        """Backbone features of every crop, one forward per resolution group (docs/design.md,
+        "Data flow").
 
         Returns a list with one (B, D) tensor per crop, in view-spec order.
         """

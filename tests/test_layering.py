@@ -1,6 +1,6 @@
-"""DESIGN.md's layering: arrows point down, no import cycle in ssl_zoo/, no import of ssl-zoo
-code hidden inside a function to dodge one, and methods/ use only the contract and the
-building blocks."""
+"""The layering of docs/design.md: arrows point down, no import cycle in ssl_zoo/, no import of
+ssl-zoo code hidden inside a function to dodge one, and methods/ use only the contract and the
+building blocks; the design doc the docstrings cite exists and has the parts they name."""
 
 from __future__ import annotations
 
@@ -112,3 +112,23 @@ def test_arrows_point_down():
     for path in (ROOT / "methods").glob("*.py"):
         top, _ = _imports(path)
         assert not top & commands, f"{path.name} imports {top & commands}"
+
+
+def test_the_design_doc_has_what_the_docstrings_cite():
+    """Every citation of the design doc followed by a quoted part (a section) names a heading or
+    a bold term of the doc; the quoted part may wrap onto the next docstring line."""
+    import re
+
+    doc = (ROOT / "docs" / "design.md").read_text()
+    parts = {m.strip().lower() for m in re.findall(r"^#+ (.+)$", doc, flags=re.M)}
+    parts |= {m.strip(" .").lower() for m in re.findall(r"\*\*([^*]+)\*\*", doc)}
+    cited = []
+    for path in [*PACKAGE.rglob("*.py"), *(ROOT / "methods").glob("*.py"),
+                 *(ROOT / "tests").rglob("*.py")]:
+        text = re.sub(r"\s+", " ", path.read_text())
+        for part in re.findall(r'docs/design\.md, "([^"]+)"', text):
+            cited.append((path.name, part))
+    assert cited, "no docstring cites docs/design.md"
+    missing = [(name, part) for name, part in cited
+               if not any(p.startswith(part.lower()) for p in parts)]
+    assert missing == []

@@ -1,5 +1,6 @@
 """The training step never waits for the host: no operation that forces a device-to-host
-synchronisation on a GPU runs inside a steady-state step of any method (DESIGN.md, data flow).
+synchronisation on a GPU runs inside a steady-state step of any method (docs/design.md, "Data
+flow").
 
 On this CPU the synchronising ATen operations are counted with a ``TorchDispatchMode`` around
 the real trainer's ``_train_step`` (views, forward, loss, backward, optimiser, hooks); on a CUDA

@@ -1,9 +1,10 @@
 """A persistent first-in-first-out queue of embeddings (the MoCo dictionary, He et al. 2020).
 
-The queue is a ring buffer of fixed shape registered as persistent buffers, so a checkpoint holds
-its contents, its write position and how much of it has been written: a resumed run sees exactly
-the negatives an uninterrupted run would. (lightly's memory bank keeps its bank with
-``persistent=False``, so resuming silently starts from random vectors again.)
+The queue is a ring buffer of fixed shape registered as a persistent buffer, and its write
+position and fill count are host counters saved beside it (:mod:`ssl_zoo.modules.state`), so a
+checkpoint holds its contents, where it writes next and how much of it has been written: a
+resumed run sees exactly the negatives an uninterrupted run would. (lightly's memory bank keeps
+its bank with ``persistent=False``, so resuming silently starts from random vectors again.)
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssl_zoo.modules.distributed import gather_nograd
+from ssl_zoo.modules.state import host_counters
 
 
 class FeatureQueue(nn.Module):
@@ -24,8 +26,8 @@ class FeatureQueue(nn.Module):
     """
 
     features: torch.Tensor
-    ptr: torch.Tensor
-    filled: torch.Tensor
+    ptr: int  # next slot to write
+    filled: int  # slots written so far (at most length)
 
     def __init__(self, length: int, dim: int, *, seed: int | None = 0):
         super().__init__()
@@ -34,10 +36,8 @@ class FeatureQueue(nn.Module):
         g = torch.Generator().manual_seed(seed) if seed is not None else None
         init = F.normalize(torch.randn(length, dim, generator=g), dim=1)
         self.register_buffer("features", init)
-        self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
-        self.register_buffer("filled", torch.zeros((), dtype=torch.long))
-        self._ptr = 0
-        self._filled = 0
+        # they depend only on how many keys were enqueued: known on the host, never read back
+        host_counters(self, ptr=0, filled=0)
 
     @property
     def length(self) -> int:
@@ -47,24 +47,14 @@ class FeatureQueue(nn.Module):
     def dim(self) -> int:
         return self.features.shape[1]
 
-    # --- host-side counters -------------------------------------------------------------------
-    # The write position and the fill count depend only on how many keys were enqueued, so they
-    # are kept as Python ints beside their buffers (restored from them when a checkpoint loads):
-    # a step never reads them back from the device.
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
-        self._ptr, self._filled = int(self.ptr), int(self.filled)
-
     @property
     def filled_count(self) -> int:
         """Slots written by :meth:`enqueue` so far (at most ``length``), known on the host."""
-        return self._filled
+        return self.filled
 
     @property
     def is_full(self) -> bool:
-        return self._filled >= self.length
+        return self.filled >= self.length
 
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor, *, gather: bool = True,
@@ -85,7 +75,7 @@ class FeatureQueue(nn.Module):
         n, length = keys.shape[0], self.length
         if n == 0:
             return
-        ptr = self._ptr
+        ptr = self.ptr
         if n >= length:  # only the newest `length` keys survive; they end where the write ends
             ptr = (ptr + n - length) % length
             keys, n = keys[n - length:], length
@@ -94,14 +84,12 @@ class FeatureQueue(nn.Module):
         if valid is not None:
             keys = torch.where(valid, keys, self.features.index_select(0, slots))
         self.features.index_copy_(0, slots, keys)
-        self._ptr = (ptr + n) % length
-        self._filled = min(self._filled + n, length)
-        self.ptr.fill_(self._ptr)
-        self.filled.fill_(self._filled)
+        self.ptr = (ptr + n) % length
+        self.filled = min(self.filled + n, length)
 
     def valid(self) -> torch.Tensor:
         """The entries written by :meth:`enqueue` so far, oldest first (all once full)."""
-        filled, ptr = self._filled, self._ptr
+        filled, ptr = self.filled, self.ptr
         slots = (torch.arange(filled, device=self.features.device) + ptr - filled) % self.length
         return self.features[slots]
 

@@ -346,7 +346,7 @@ def test_each_image_is_pulled_to_the_centroid_its_index_was_assigned_to(monkeypa
         m.assignments[level].copy_(torch.tensor([hand[level][i] for i in range(N)]))
         cents.append(cent.clone().double())
         phis.append(phi.clone().double())
-    m.cluster_epoch.fill_(0)
+    m.cluster_epoch = 0
     m.load_state_dict(m.state_dict())  # as a checkpoint restores it (host flags from buffers)
 
     seen = []

@@ -1,0 +1,96 @@
+"""A collapse monitor for methods that assign samples to K clusters or prototypes (SwAV's codes;
+any method with a (N, K) code matrix and a loss that sits at ln K when nothing is learned).
+
+:meth:`CollapseMonitor.metrics` turns a step's codes into device tensors (no host read), for the
+trainer's one transfer per log step; :meth:`CollapseMonitor.observe` judges the logged host
+numbers and warns once per run when a collapse has lasted ``patience_iters`` iterations.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+
+import torch
+
+from ssl_zoo.modules import distributed as D
+
+
+def prototype_usage(codes: torch.Tensor) -> torch.Tensor:
+    """How many of the (N, K) ``codes``' rows pick each prototype by argmax: (K,) float32,
+    counted with ``index_add_`` (a bincount without a device sync)."""
+    top = codes.argmax(dim=1)
+    return torch.zeros(codes.shape[1], device=codes.device).index_add_(
+        0, top, torch.ones_like(top, dtype=torch.float32))
+
+
+class CollapseMonitor:
+    """Collapse indicators of a clustering method's codes, and a warning once per run.
+
+    The indicators (device tensors): ``loss_over_lnK`` (a loss at ln K, the cross-entropy of
+    uniform predictions, means nothing is learned), ``prototypes_used`` by the hard (argmax)
+    codes, ``code_entropy`` (normalised entropy of that usage: 1 even, 0 one prototype) and
+    ``code_max`` (mean top code; 1/K when the codes are uniform).
+
+    The entropy of the *mean soft code* would say nothing: Sinkhorn makes it near uniform by
+    construction, even when all samples are identical, so usage counts argmaxes. A collapse to
+    near-identical embeddings can still spread the argmaxes over all prototypes (tiny
+    differences decide them), so the loss at ln K and ``code_max`` near 1/K are the signs to
+    watch; the usage count catches a collapse onto one prototype.
+    """
+
+    def __init__(self, num_prototypes: int, patience_iters: int, *, method: str,
+                 advice: str = ""):
+        if num_prototypes < 2:
+            raise ValueError(f"num_prototypes must be >= 2, got {num_prototypes}")
+        self.num_prototypes = num_prototypes
+        self.ln_k = math.log(num_prototypes)
+        self.patience_iters = patience_iters
+        self.method = method
+        self.advice = advice
+        self.possible_used = num_prototypes  # prototypes the hard codes of a batch can reach
+        self.streaks = [0, 0]  # iterations with (loss at ln K, usage <= 2)
+        self.last_log_step = 0
+        self.warned = False
+
+    def start(self, step: int) -> None:
+        """A run (or a resumed run) starts at ``step``: streaks count from here."""
+        self.last_log_step = step
+
+    def metrics(self, loss: torch.Tensor, codes: Sequence[torch.Tensor]
+                ) -> dict[str, torch.Tensor]:
+        """The indicators of one step, as device tensors, from its ``loss`` (0-d) and the codes
+        (B, K) of each assigned crop."""
+        q = torch.cat(list(codes)).detach()
+        self.possible_used = min(self.num_prototypes, codes[0].shape[0])
+        counts = prototype_usage(q)
+        usage = counts / counts.sum()
+        entropy = -(usage * torch.log(usage.clamp_min(1e-30))).sum() / self.ln_k
+        return {"loss_over_lnK": loss.detach() / self.ln_k, "prototypes_used": (counts > 0).sum(),
+                "code_entropy": entropy, "code_max": q.max(dim=1).values.mean()}
+
+    def observe(self, step: int, metrics: dict[str, float]) -> None:
+        """Warn once if the loss has stayed at ln K, or usage at <= 2 prototypes, for
+        ``patience_iters`` iterations, judged from the logged values at ``step`` (a streak
+        counts the iterations since the first log that saw it); rank 0 warns."""
+        if self.patience_iters <= 0 or self.warned or "loss_over_lnK" not in metrics:
+            return
+        since = max(1, step - self.last_log_step)
+        self.last_log_step = step
+        at_ln_k = abs(metrics["loss_over_lnK"] - 1) < 0.003  # collapsed runs sit at ln K
+        few = metrics["prototypes_used"] <= 2 and self.possible_used > 4
+        self.streaks = [s + since if bad else 0 for s, bad in zip(self.streaks, (at_ln_k, few))]
+        loss_streak, usage_streak = self.streaks
+        if max(loss_streak, usage_streak) < self.patience_iters:
+            return
+        self.warned = True
+        if D.get_rank() != 0:
+            return
+        what = (f"the loss has stayed at ln K = {self.ln_k:.3f}"
+                if loss_streak >= self.patience_iters else "at most 2 prototypes have been used")
+        warnings.warn(
+            f"{self.method} may have collapsed: {what} for {self.patience_iters} iterations."
+            + (f" {self.advice}" if self.advice else ""),
+            RuntimeWarning, stacklevel=3,
+        )
