@@ -126,6 +126,9 @@ class RunConfig:
     backbone: str = "convnet"
     backbone_stem: str = "auto"
     """auto (CIFAR stem for images <= 64 px), imagenet or cifar (ResNets only)."""
+    backbone_args: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of ``timm.create_model`` for a ``timm:NAME`` backbone
+    (``--set backbone_args.patch_size=4``; values parsed as JSON: numbers, true, lists)."""
     image_size: int = 0
     """Working image size: folders are decoded to it, in-memory sources resized to it once
     when opened (0: the source's own size, or 64 for folders)."""
@@ -385,6 +388,12 @@ def validate_run_config(cfg: RunConfig) -> None:
         raise ConfigError("train.views_in: " + suggest(t.views_in, VIEW_PLACES, "place"))
     if cfg.backbone_stem not in ("auto", "imagenet", "cifar"):
         raise ConfigError("backbone_stem must be auto, imagenet or cifar")
+    for key in cfg.backbone_args:
+        if not (isinstance(key, str) and key.isidentifier()):
+            raise ConfigError(f"backbone_args: {key!r} is not a keyword argument name")
+    if cfg.backbone_args and not cfg.backbone.startswith("timm:"):
+        raise ConfigError(f"backbone_args: constructor arguments are for timm:NAME backbones "
+                          f"only, not for {cfg.backbone}")
 
 
 def view_spec_from_dict(data: dict[str, Any]) -> ViewSpec:
