@@ -33,7 +33,8 @@ from ssl_zoo.errors import ConfigError
 from ssl_zoo.method import Method, TrainContext
 from ssl_zoo.modules import distributed as D
 from ssl_zoo.nonfinite import NonFiniteGuard, jsonable
-from ssl_zoo.optim import build_optimizer, warmup_cosine
+from ssl_zoo.optim import (build_optimizer, clip_gradients, set_weight_decay,
+                           warmup_cosine, weight_decay_at)
 from ssl_zoo.report import training_progress
 from ssl_zoo.runlog import RunLogger
 
@@ -347,6 +348,8 @@ class Trainer:
                            self.peak_lr * t.final_lr_ratio)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
+        set_weight_decay(self.optimizer, weight_decay_at(self.step, self.total_steps,
+                                                         t.weight_decay, t.weight_decay_end))
         torch.manual_seed(step_seed(t.seed, self.step, self.rank))
         if isinstance(images, Views):  # made in the workers from this step's seed
             # torch's generator left as if the crops were made here
@@ -377,6 +380,9 @@ class Trainer:
             self.scaler.unscale_(self.optimizer)
         else:
             loss.backward()
+        grad_norm = clip_gradients(self.method.parameters(), t.clip_grad_norm)
+        if grad_norm is not None:
+            out.metrics["grad_norm"] = grad_norm
         self.method.before_optimizer_step(self.ctx)
         if self.scaler:
             self.scaler.step(self.optimizer)
