@@ -33,8 +33,13 @@ from ssl_zoo.errors import ConfigError
 from ssl_zoo.method import Method, TrainContext
 from ssl_zoo.modules import distributed as D
 from ssl_zoo.nonfinite import NonFiniteGuard, jsonable
-from ssl_zoo.optim import (build_optimizer, clip_gradients, set_weight_decay,
-                           warmup_cosine, weight_decay_at)
+from ssl_zoo.optim import (
+    build_optimizer,
+    clip_gradients,
+    set_weight_decay,
+    warmup_cosine,
+    weight_decay_at,
+)
 from ssl_zoo.report import training_progress
 from ssl_zoo.runlog import RunLogger
 

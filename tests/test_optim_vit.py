@@ -24,6 +24,7 @@ from ssl_zoo.optim import (
 
 timm = pytest.importorskip("timm")
 from timm.optim import param_groups_weight_decay  # noqa: E402
+
 TINY = {"patch_size": 4, "img_size": 32, "depth": 2, "embed_dim": 64, "num_heads": 2}
 
 
