@@ -6,6 +6,7 @@ the export loads into timm's own model with ``strict=True``."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,26 +14,29 @@ from ddp_harness import compare_one_vs_two, make_inputs
 from test_resume import kill_and_resume_equals_uninterrupted
 from test_train_sync import _steps_syncs
 
-from ssl_zoo.assemble import resolve
+from ssl_zoo.assemble import load_files, resolve
 from ssl_zoo.cli import main
 from ssl_zoo.optim import weight_decay_at
 from ssl_zoo.train import Trainer
 
 timm = pytest.importorskip("timm")
 
+RECIPE = str(Path(__file__).resolve().parents[1] / "recipes" / "swav" / "cpu-demo-vit.yaml")
+"""SwAV's 2x32 + 4x16 crops through a ViT with 4-px patches, AdamW, weight-decay cosine, clip."""
 MODEL = "vit_tiny_patch16_224"
-TINY = {"patch_size": 4, "img_size": 32, "depth": 2, "embed_dim": 64, "num_heads": 2}
-VIT = [f"backbone=timm:{MODEL}", *(f"backbone_args.{k}={v}" for k, v in TINY.items()),
-       "views.groups.1.count=4"]
-"""The CPU recipe's backbone (recipes/swav/cpu-demo-vit.yaml) and SwAV's 2x32 + 4x16 crops."""
-VIT_TRAIN = ["train.optimizer=adamw", "train.weight_decay=0.04", "train.weight_decay_end=0.4",
-             "train.clip_grad_norm=3.0"]
+SMALLER = {"depth": 2, "embed_dim": 64, "num_heads": 2}
+"""The recipe's ViT at half its depth and two thirds of its width, for fast tests."""
+TINY = {**load_files([RECIPE])["backbone_args"], **SMALLER}
+VIT = [f"backbone_args.{k}={v}" for k, v in SMALLER.items()]
 
 
 def _trainer(tmp_path, sets) -> Trainer:
-    run = resolve({}, ["method=swav", "dataset=demo", *VIT, *VIT_TRAIN, "train.batch_size=32",
-                       "train.epochs=1", "eval.enabled=false", "train.device=cpu",
-                       "method.num_prototypes=30", *sets])
+    run = resolve(load_files([RECIPE]), [*VIT, "train.batch_size=32", "train.epochs=1",
+                                         "eval.enabled=false", "train.device=cpu",
+                                         "method.num_prototypes=30", *sets])
+    assert run.config.backbone == f"timm:{MODEL}" and TINY["patch_size"] == 4
+    assert [(g.count, g.size) for g in run.view_spec.groups] == [(2, 32), (4, 16)]
+    assert run.config.train.clip_grad_norm == 3.0
     return Trainer(run, tmp_path / "run", show_progress=False)
 
 
@@ -94,14 +98,14 @@ def _cli(sets: list[str]) -> list[str]:
 def test_a_killed_vit_run_resumes_bit_identically(tmp_path):
     kill_and_resume_equals_uninterrupted(
         tmp_path, "swav",
-        ["--batch-size", "32", "--epochs", "1", *_cli([*VIT, *VIT_TRAIN, "train.max_steps=16",
-                                                       "method.num_prototypes=30"])],
+        ["--config", RECIPE, "--batch-size", "32", "--epochs", "1",
+         *_cli([*VIT, "train.max_steps=16", "method.num_prototypes=30"])],
         total_steps=16)
 
 
 def test_export_loads_into_timm_strictly(tmp_path):
     run = tmp_path / "vit"
-    assert main(["train", "--method", "swav", "--dataset", "demo", "--batch-size", "32",
+    assert main(["train", "--config", RECIPE, "--batch-size", "32",
                  "--epochs", "1", "--no-eval", "--no-progress", "--out", str(run),
                  *_cli([*VIT, "train.max_steps=2", "method.num_prototypes=30"])]) == 0
     out = tmp_path / "vit.pt"
