@@ -167,7 +167,8 @@ else
   step step_r50 180 "$PY" benchmarks/bench_step.py "${TINY[@]}" --backbone resnet50 \
     --image-size 64 --batch-size 4 --methods swav,moco --amp bf16 --tag r50 "${SWAV_PAPER[@]}" \
     --out "$OUT"
-  step step_vits16 180 "$PY" benchmarks/bench_step.py "${TINY[@]}" --image-size 64 \
+  # 112-px crops of 128-px images: sizes the 16-px patches divide (64 px would make 73-px images)
+  step step_vits16 180 "$PY" benchmarks/bench_step.py "${TINY[@]}" --image-size 112 \
     --batch-size 4 --amp bf16 --tag vits16 "${SWAV_PAPER[@]}" "${VIT_S16[@]}" --out "$OUT"
 fi
 
