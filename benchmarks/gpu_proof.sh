@@ -5,8 +5,9 @@
 #   (a) the CUDA tests: pytest -m cuda (or -k cuda while no 'cuda' marker is registered);
 #   (b) views on the GPU against lightly's SwaVTransform loader on all of the machine's cores
 #       (bench_views.py --quick; lightly side skipped, and logged, when lightly is missing);
-#   (c) bench_step.py on CUDA, bf16: ResNet-18 (CIFAR stem) at 2x32+4x16 (demo images) and
-#       ResNet-50 at 2x224+6x96 (random 256x256 images);
+#   (c) bench_step.py on CUDA, bf16: ResNet-18 (CIFAR stem) at 2x32+4x16 (demo images),
+#       ResNet-50 and a timm ViT-S/16 (AdamW, clipping, weight-decay cosine: the optimiser of
+#       recipes/swav/imagenet-vits16.yaml) at 2x224+6x96 (random 256x256 images);
 #   (e) bench_folder.py --device cuda: 500x375 JPEGs to 2x224 + 6x96 crops on the GPU (folder
 #       decoded in the workers or by nvJPEG, prepared store) against torchvision + lightly;
 #   (d) a SwAV run, ResNet-18 CIFAR stem, batch 256, on the CIFAR-10 npz for as many epochs as fit
@@ -144,6 +145,11 @@ SWAV_PAPER=(--method-set swav:method.num_prototypes=3000
             --n-images 3072)
 # SwAV at 32 px with its local crops on (2x32 + 4x16; the CIFAR-size default is 2x32)
 SWAV_MULTI=(--method-set swav:views.groups.1.count=4)
+# SwAV with a ViT-S/16 (timm; position embeddings resampled for the 96-px crops), the optimiser
+# side of recipes/swav/imagenet-vits16.yaml (DINO's official ViT-S/16 settings)
+VIT_S16=(--backbone timm:vit_small_patch16_224 --methods swav --set train.optimizer=adamw
+         --set train.weight_decay=0.04 --set train.weight_decay_end=0.4
+         --set train.clip_grad_norm=3.0)
 if [ "$DRY" = 0 ]; then
   step step_r18 170 "$PY" benchmarks/bench_step.py --device cuda --backbone resnet18 \
     --set backbone_stem=cifar --amp bf16 --rounds 5 --steps 20 --warmup 10 --tag r18 \
@@ -151,6 +157,9 @@ if [ "$DRY" = 0 ]; then
   step step_r50 210 "$PY" benchmarks/bench_step.py --device cuda --backbone resnet50 \
     --image-size 224 --amp bf16 --rounds 3 --steps 10 --warmup 5 --profile-steps 3 --tag r50 \
     "${SWAV_PAPER[@]}" --out "$OUT"
+  step step_vits16 150 "$PY" benchmarks/bench_step.py --device cuda --image-size 224 --amp bf16 \
+    --rounds 3 --steps 10 --warmup 5 --profile-steps 3 --tag vits16 "${SWAV_PAPER[@]}" \
+    "${VIT_S16[@]}" --out "$OUT"
 else
   TINY=(--device cpu --batch-size 8 --rounds 1 --steps 1 --warmup 1 --profile-steps 1 --threads 1)
   step step_r18 240 "$PY" benchmarks/bench_step.py "${TINY[@]}" --backbone resnet18 \
@@ -158,6 +167,9 @@ else
   step step_r50 180 "$PY" benchmarks/bench_step.py "${TINY[@]}" --backbone resnet50 \
     --image-size 64 --batch-size 4 --methods swav,moco --amp bf16 --tag r50 "${SWAV_PAPER[@]}" \
     --out "$OUT"
+  # 112-px crops of 128-px images: sizes the 16-px patches divide (64 px would make 73-px images)
+  step step_vits16 180 "$PY" benchmarks/bench_step.py "${TINY[@]}" --image-size 112 \
+    --batch-size 4 --amp bf16 --tag vits16 "${SWAV_PAPER[@]}" "${VIT_S16[@]}" --out "$OUT"
 fi
 
 # ---- (b) views on the GPU against lightly ----------------------------------------------------

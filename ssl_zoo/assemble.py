@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from ssl_zoo import registry
-from ssl_zoo.backbones import build_backbone
+from ssl_zoo.backbones import build_backbone, check_input_sizes
 from ssl_zoo.config import (
     RunConfig,
     apply_override,
@@ -60,7 +60,7 @@ class Run:
         initialisation)."""
         c = self.config
         backbone, dim = build_backbone(c.backbone, stem=c.backbone_stem,
-                                       image_size=self.image_size)
+                                       image_size=self.image_size, args=c.backbone_args)
         return self.method_cls(backbone, dim, self.method_config)
 
     def summary(self) -> dict[str, Any]:
@@ -154,6 +154,10 @@ def resolve(base: dict[str, Any] | None = None, sets: list[str] | tuple[str, ...
     if not spec.groups:
         raise ConfigError("views.groups: every group has count 0; at least one crop is needed")
     validate_view_spec(spec, image_size)
+    # patch grids (ViTs): every crop size and the evaluation size, here rather than at a step
+    check_input_sizes(cfg.backbone, {"image_size": image_size, **{
+        f"views.groups.{i}.size": g.size for i, g in enumerate(spec.groups)}},
+        stem=cfg.backbone_stem, image_size=image_size, args=cfg.backbone_args)
     cls.check_views(method_config, spec)
     world = world_size or int(os.environ.get("WORLD_SIZE", "1"))
     method_config.validate(image_size, cfg.train.batch_size * world,

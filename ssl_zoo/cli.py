@@ -37,7 +37,8 @@ def _add_run_args(p: argparse.ArgumentParser, with_method: bool = True) -> None:
         p.add_argument("--method", help="registered name, or path/to/file.py[:ClassName]")
     p.add_argument("--dataset", help="demo, npz:PATH, cifar10, cifar100, stl10, folder:PATH, "
                                      "prepared:DIR")
-    p.add_argument("--backbone", help="convnet, resnet18, resnet50, or a torchvision model name")
+    p.add_argument("--backbone", help="convnet, resnet18, resnet50, a torchvision model name, "
+                   "or timm:NAME (with --set backbone_args.K=V)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int, help="images per step on each process")
     p.add_argument("--config", action="append", default=[],

@@ -38,10 +38,18 @@ class TrainConfig:
     lr_per_256: float = 2e-3
     """Peak learning rate for a global batch of 256; scaled linearly with the global batch."""
     weight_decay: float = 1e-6
-    """Weight decay (not on batch-norm parameters and biases while exclude_norm_and_bias)."""
+    """Weight decay (not on norm parameters, biases, ViT position embeddings and tokens while
+    exclude_norm_and_bias); with weight_decay_end, its value at the first iteration."""
+    weight_decay_end: float | None = None
+    """Weight decay at the last iteration, reached by a cosine from weight_decay (DINO: 0.04
+    -> 0.4), set per iteration on the decayed parameters; null: constant weight_decay."""
     exclude_norm_and_bias: bool = True
-    """Batch-norm weights and biases get no weight decay and no LARS adaptation (SimCLR, BYOL);
-    false: every parameter gets both (the official SwAV code's LARC)."""
+    """Norm weights, biases, ViT position embeddings and class tokens get no weight decay and
+    no LARS adaptation (SimCLR, BYOL, DINO); false: every parameter gets both (the official
+    SwAV code's LARC)."""
+    clip_grad_norm: float = 0.0
+    """Clip the gradients' global L2 norm to this every step, after fp16 unscaling (DINO's
+    ViTs: 3.0); 0: off. The norm stays on the device (logged as grad_norm on log steps)."""
     momentum: float = 0.9
     """SGD / LARS momentum (Adam beta1 is 0.9 regardless)."""
     lars_eta: float = 0.001
@@ -126,6 +134,9 @@ class RunConfig:
     backbone: str = "convnet"
     backbone_stem: str = "auto"
     """auto (CIFAR stem for images <= 64 px), imagenet or cifar (ResNets only)."""
+    backbone_args: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of ``timm.create_model`` for a ``timm:NAME`` backbone
+    (``--set backbone_args.patch_size=4``; values parsed as JSON: numbers, true, lists)."""
     image_size: int = 0
     """Working image size: folders are decoded to it, in-memory sources resized to it once
     when opened (0: the source's own size, or 64 for folders)."""
@@ -354,6 +365,9 @@ def validate_run_config(cfg: RunConfig) -> None:
         (t.batch_size >= 1, "train.batch_size must be >= 1"),
         (t.lr_per_256 > 0, "train.lr_per_256 must be > 0"),
         (t.weight_decay >= 0, "train.weight_decay must be >= 0"),
+        (t.weight_decay_end is None or t.weight_decay_end >= 0,
+         "train.weight_decay_end must be >= 0 (or null: constant weight_decay)"),
+        (t.clip_grad_norm >= 0, "train.clip_grad_norm must be >= 0 (0: off)"),
         (0 <= t.momentum < 1, "train.momentum must be in [0, 1)"),
         (t.warmup_epochs >= 0, "train.warmup_epochs must be >= 0"),
         (t.warmup_epochs <= t.epochs, "train.warmup_epochs must not exceed train.epochs"),
@@ -385,6 +399,12 @@ def validate_run_config(cfg: RunConfig) -> None:
         raise ConfigError("train.views_in: " + suggest(t.views_in, VIEW_PLACES, "place"))
     if cfg.backbone_stem not in ("auto", "imagenet", "cifar"):
         raise ConfigError("backbone_stem must be auto, imagenet or cifar")
+    for key in cfg.backbone_args:
+        if not (isinstance(key, str) and key.isidentifier()):
+            raise ConfigError(f"backbone_args: {key!r} is not a keyword argument name")
+    if cfg.backbone_args and not cfg.backbone.startswith("timm:"):
+        raise ConfigError(f"backbone_args: constructor arguments are for timm:NAME backbones "
+                          f"only, not for {cfg.backbone}")
 
 
 def view_spec_from_dict(data: dict[str, Any]) -> ViewSpec:

@@ -1,4 +1,4 @@
-"""Export a run's backbone with plain torchvision key names, and load it back."""
+"""Export a run's backbone with plain torchvision (or timm) key names, and load it back."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ssl_zoo.backbones import build_backbone
+from ssl_zoo.backbones import backbone_arch_info, build_backbone
 from ssl_zoo.checkpoint import atomic_torch_save, load_latest_checkpoint, safe_load
 from ssl_zoo.errors import UserError
 
@@ -30,8 +30,10 @@ def export_backbone(run_dir: str | Path, out: str | Path) -> Path:
     """Write the backbone state_dict of ``run_dir``'s newest checkpoint to ``out``.
 
     ``out`` holds only tensors under torchvision's names (no heads, no ``fc``): load it with
-    ``m = torchvision.models.resnet50(); m.fc = nn.Identity(); m.load_state_dict(sd)`` (strict).
-    ``out.json`` records the architecture so :func:`load_backbone` can rebuild the module.
+    ``m = torchvision.models.resnet50(); m.fc = nn.Identity(); m.load_state_dict(sd)`` (strict);
+    a ``timm:NAME`` backbone's under timm's, for ``timm.create_model(NAME, num_classes=0,
+    **backbone_args)``. ``out.json`` records the architecture (and that recipe) so
+    :func:`load_backbone` can rebuild the module.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -44,8 +46,13 @@ def export_backbone(run_dir: str | Path, out: str | Path) -> Path:
     out = Path(out)
     atomic_torch_save(sd, out)
     meta = {"backbone": cfg["backbone"], "backbone_stem": cfg.get("backbone_stem", "auto"),
+            "backbone_args": cfg.get("backbone_args") or {},
             "image_size": _image_size(cfg, run_dir), "method": cfg["method"],
             "step": int(state["step"]), "source_run": str(run_dir)}
+    if meta["backbone"].startswith("timm:"):  # how to get the same module from timm alone
+        info = backbone_arch_info(meta["backbone"], image_size=meta["image_size"],
+                                  args=meta["backbone_args"])
+        meta.update({k: info[k] for k in ("timm_model", "timm_kwargs", "timm_recipe")})
     Path(f"{out}.json").write_text(json.dumps(meta, indent=2) + "\n")
     return out
 
@@ -65,6 +72,7 @@ def load_backbone(path: str | Path) -> nn.Module:
         raise UserError(f"{meta_path} not found: it records the architecture of {path}")
     meta = json.loads(meta_path.read_text())
     module, _ = build_backbone(meta["backbone"], stem=meta.get("backbone_stem", "auto"),
-                               image_size=int(meta.get("image_size", 32)))
+                               image_size=int(meta.get("image_size", 32)),
+                               args=meta.get("backbone_args") or None)
     module.load_state_dict(safe_load(path), strict=True)
     return module.eval()

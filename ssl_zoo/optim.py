@@ -93,23 +93,72 @@ class LARS(MomentumSGD):
     lars_adapt_default = True
 
 
+NO_DECAY_NAMES = frozenset({"pos_embed", "cls_token", "dist_token", "reg_token", "mask_token",
+                            "absolute_pos_embed", "relative_position_bias_table"})
+"""Transformer parameters without weight decay, by their last name component: the position
+embeddings and the extra tokens timm's ``no_weight_decay()`` lists (ViT, DeiT; Swin's tables)."""
+
+
 def is_no_decay(name: str, param: nn.Parameter) -> bool:
-    """Batch-norm weights and all biases (1-d tensors)."""
-    return param.ndim <= 1 or name.endswith(".bias")
+    """Norm weights and all biases (1-d tensors), position embeddings and class (and other
+    extra) tokens of ViTs: the parameters DeiT, DINO and timm keep out of weight decay."""
+    return param.ndim <= 1 or name.endswith(".bias") or name.rpartition(".")[2] in NO_DECAY_NAMES
 
 
 def param_groups(named_params, weight_decay: float, exclude_norm_and_bias: bool = True
                  ) -> list[dict]:
     """Decayed and LARS-adapted weights, and, with ``exclude_norm_and_bias``, a second group of
-    BN/bias parameters without decay or adaptation (SimCLR, BYOL). Without it every parameter
-    is decayed and adapted (the official SwAV code's LARC)."""
+    norm/bias (and ViT position-embedding and token) parameters without decay or adaptation
+    (SimCLR, BYOL, DINO). Without it every parameter is decayed and adapted (the official SwAV
+    code's LARC). ``apply_weight_decay`` marks the group :func:`set_weight_decay` schedules."""
     decay, no_decay = [], []
     for name, p in named_params:
         (no_decay if exclude_norm_and_bias and is_no_decay(name, p) else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay, "lars_adapt": True}]
+    groups = [{"params": decay, "weight_decay": weight_decay, "lars_adapt": True,
+               "apply_weight_decay": True}]
     if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0, "lars_adapt": False})
+        groups.append({"params": no_decay, "weight_decay": 0.0, "lars_adapt": False,
+                       "apply_weight_decay": False})
     return groups
+
+
+def weight_decay_at(step: int, total_steps: int, start: float, end: float | None) -> float:
+    """Weight decay at iteration ``step``: constant ``start`` (``end`` None), else a cosine
+    from ``start`` at step 0 to ``end`` on the last iteration (``total_steps - 1``): DINO's
+    schedule (its ``cosine_scheduler`` for ``weight_decay`` -> ``weight_decay_end``, no
+    warm-up), ending exactly on the last step as our learning-rate cosine does."""
+    if end is None or total_steps <= 1:
+        return start
+    t = min(1.0, max(0.0, step / (total_steps - 1)))
+    return end + 0.5 * (start - end) * (1 + math.cos(math.pi * t))
+
+
+def set_weight_decay(optimizer: torch.optim.Optimizer, value: float) -> None:
+    """Set the weight decay of every decayed group (a host float, like the learning rate: no
+    device work); groups without decay keep 0. Groups of optimisers loaded from a checkpoint
+    written before groups were marked are decayed when their decay is non-zero."""
+    for g in optimizer.param_groups:
+        if g.get("apply_weight_decay", g["weight_decay"] > 0):
+            g["weight_decay"] = value
+
+
+def clip_gradients(params, max_norm: float) -> torch.Tensor | None:
+    """Scale all gradients together so that their global L2 norm is at most ``max_norm``
+    (``torch.nn.utils.clip_grad_norm_``, multi-tensor on CUDA); returns the norm before
+    clipping as a 0-d device tensor (never read here: no sync), or None when ``max_norm`` is 0
+    (off). With fp16 AMP call it after ``GradScaler.unscale_``. A non-finite norm (a step the
+    optimiser skips) leaves non-finite gradients, which the skip ignores.
+
+    DINO clips each parameter's gradient by its own norm (``utils.clip_gradients``); this is
+    the global norm of timm's, DeiT's and MAE's training scripts.
+    """
+    if not max_norm:
+        return None
+    grads = [p for p in params if p.grad is not None]
+    if not grads:
+        return None
+    foreach = True if grads[0].grad.device.type == "cuda" else None
+    return torch.nn.utils.clip_grad_norm_(grads, max_norm, foreach=foreach)
 
 
 def build_optimizer(name: str, named_params, lr: float, weight_decay: float, momentum: float,

@@ -27,7 +27,13 @@ from ssl_zoo.data.views import Views, make_views, skip_view_draws
 from ssl_zoo.method import TrainContext
 from ssl_zoo.modules import distributed as D
 from ssl_zoo.nonfinite import NonFiniteGuard, jsonable
-from ssl_zoo.optim import build_optimizer, warmup_cosine
+from ssl_zoo.optim import (
+    build_optimizer,
+    clip_gradients,
+    set_weight_decay,
+    warmup_cosine,
+    weight_decay_at,
+)
 from ssl_zoo.report import training_progress
 from ssl_zoo.runlog import RunLogger
 from ssl_zoo.runstate import RunClock, RunResult
@@ -213,6 +219,8 @@ class Trainer:
             lr = warmup_cosine(self.step, self.total_steps, self.warmup_steps, self.peak_lr,
                                self.peak_lr * t.final_lr_ratio)
             steps.set_lr(self.optimizer, lr)
+            set_weight_decay(self.optimizer, weight_decay_at(
+                self.step, self.total_steps, t.weight_decay, t.weight_decay_end))
             torch.manual_seed(step_seed(t.seed, self.step, self.rank))
         with label("zoo:views"):
             views = self._views(images, index, sizes)
@@ -223,6 +231,9 @@ class Trainer:
             ok = steps.finite_on_every_rank(out.loss, self.optimizer, self.world_size)
         with label("zoo:backward"):
             steps.backward(out.loss, self.optimizer, self.scaler)
+            grad_norm = clip_gradients(self.method.parameters(), t.clip_grad_norm)
+            if grad_norm is not None:  # stays on the device; read at the log step
+                out.metrics["grad_norm"] = grad_norm
         with label("zoo:hooks"):
             self.method.before_optimizer_step(self.ctx)
         with label("zoo:optimizer"):

@@ -38,7 +38,8 @@ def test_recipe_is_valid_and_cites_its_source(path):
     assert run.config.method == path.parent.name
     if path.stem.startswith("imagenet"):
         assert run.image_size == 224 and run.view_spec.groups[0].size == 224
-        assert run.config.backbone == "resnet50"
+        assert run.config.backbone == ("timm:vit_small_patch16_224" if "vit" in path.stem
+                                       else "resnet50")
     if path.stem.startswith("cifar"):
         assert run.config.backbone == "resnet18" and run.config.backbone_stem == "cifar"
 
@@ -65,3 +66,20 @@ def test_recipes_compose_with_sets_and_other_files(tmp_path):
     assert run.config.train.epochs == 30 and run.config.train.optimizer == "lars"
     assert run.method_config.num_prototypes == 300 and run.method_config.queue_length == 3840
     assert run.view_spec.groups[0].size == 24 and run.view_spec.groups[0].blur_p == 0.5
+
+
+def test_swav_vit_recipe_has_dinos_optimiser_and_swavs_method():
+    """ViT-S/16: DINO's official optimiser settings (main_dino.py defaults), SwAV's bs256."""
+    run = resolve(load_files(["recipes/swav/imagenet-vits16.yaml"]), [], open_data=False,
+                  world_size=4)
+    t, m = run.config.train, run.method_config
+    assert (t.optimizer, t.lr_per_256, t.warmup_epochs, t.epochs) == ("adamw", 0.0005, 10, 100)
+    assert t.lr_per_256 * t.final_lr_ratio == pytest.approx(1e-6)
+    assert (t.weight_decay, t.weight_decay_end, t.clip_grad_norm) == (0.04, 0.4, 3.0)
+    assert t.exclude_norm_and_bias and run.config.backbone_args == {"drop_path_rate": 0.1}
+    assert [(g.count, g.size) for g in run.view_spec.groups] == [(2, 224), (6, 96)]
+    assert (m.num_prototypes, m.epsilon, m.queue_length, m.freeze_prototypes_iters) == (
+        3000, 0.05, 3840, 5005)
+    cpu = resolve(load_files(["recipes/swav/cpu-demo-vit.yaml"]), [], open_data=False)
+    assert cpu.config.backbone_args["patch_size"] == 4 and cpu.image_size == 32
+    assert [(g.count, g.size) for g in cpu.view_spec.groups] == [(2, 32), (4, 16)]

@@ -70,6 +70,7 @@ def quick_knn(backbone, data, view_spec, device, batch_size) -> dict[str, float]
 def _random_init_baseline(cfg: RunConfig, data, view_spec, device, console) -> dict[str, Any]:
     """kNN, linear and NMI of the same backbone at random initialisation (cached on disk)."""
     key = {"backbone": cfg.backbone, "stem": cfg.backbone_stem, "dataset": cfg.dataset,
+           **({"backbone_args": cfg.backbone_args} if cfg.backbone_args else {}),
            "image_size": data.train.image_size, "seed": cfg.train.seed,
            "n_train": len(data.eval_train or data.train),
            "n_test": len(data.test) if data.test is not None else 0,
@@ -87,7 +88,7 @@ def _random_init_baseline(cfg: RunConfig, data, view_spec, device, console) -> d
                       "and dataset)...[/]")
     torch.manual_seed(cfg.train.seed)
     backbone, _ = build_backbone(cfg.backbone, stem=cfg.backbone_stem,
-                                 image_size=data.train.image_size)
+                                 image_size=data.train.image_size, args=cfg.backbone_args)
     backbone.to(device)
     res = _metrics(backbone, data, view_spec, device, cfg, cache_dir=None)
     res["key"] = key
