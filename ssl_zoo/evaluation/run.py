@@ -74,7 +74,8 @@ def _random_init_baseline(cfg: RunConfig, data, view_spec, device, console) -> d
            "n_train": len(data.eval_train or data.train),
            "n_test": len(data.test) if data.test is not None else 0,
            "mean": list(view_spec.mean), "std": list(view_spec.std), "linear": cfg.eval.linear,
-           "v": 2}
+           "linear_epochs": cfg.eval.linear_epochs,
+           "linear_batch_size": cfg.eval.linear_batch_size, "v": 3}
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = cache_root() / "baselines" / f"{digest}.json"
     if path.is_file():
@@ -89,14 +90,15 @@ def _random_init_baseline(cfg: RunConfig, data, view_spec, device, console) -> d
     backbone, _ = build_backbone(cfg.backbone, stem=cfg.backbone_stem,
                                  image_size=data.train.image_size)
     backbone.to(device)
-    res = _metrics(backbone, data, view_spec, device, cfg, cache_dir=None)
+    res = _metrics(backbone, data, view_spec, device, cfg, cache_dir=None, console=console)
     res["key"] = key
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(res, indent=2) + "\n")
     return res
 
 
-def _metrics(encoder, data, view_spec, device, cfg: RunConfig, cache_dir) -> dict[str, Any]:
+def _metrics(encoder, data, view_spec, device, cfg: RunConfig, cache_dir,
+             console=None) -> dict[str, Any]:
     train_ds, ftr, fte = _features(encoder, data, view_spec, device, cfg.eval.batch_size,
                                    cache_dir, cfg.dataset)
     ytr = _labels(train_ds)
@@ -110,7 +112,9 @@ def _metrics(encoder, data, view_spec, device, cfg: RunConfig, cache_dir) -> dic
     if cfg.eval.knn:
         out["knn"] = knn_both(ftr, ytr, fte, yte)
     if cfg.eval.linear:
-        out["linear"] = linear_probe(ftr, ytr, fte, yte, seed=cfg.train.seed)
+        out["linear"] = linear_probe(ftr, ytr, fte, yte, seed=cfg.train.seed, device=device,
+                                     epochs=cfg.eval.linear_epochs,
+                                     batch_size=cfg.eval.linear_batch_size, console=console)
     if cfg.eval.clustering:
         out["clustering"] = kmeans_clustering_metrics(fte, yte, _num_classes(ytr, yte),
                                                       seed=cfg.train.seed)
@@ -155,7 +159,7 @@ def evaluate_backbone(method, data, view_spec, device, cfg: RunConfig, *, out_di
         "checkpoint": checkpoint_key,
     }
     result.update(_metrics(method.backbone, data, view_spec, device, cfg,
-                           cache_dir=out_dir / "features"))
+                           cache_dir=out_dir / "features", console=console))
     yte = _labels(data.test) if data.test is not None else None
     assignments = _method_clusters(method, data, view_spec, device, cfg.eval.batch_size)
     if assignments is not None and yte is not None:
