@@ -23,6 +23,7 @@ from ssl_zoo.evaluation.clustering import assignment_metrics, kmeans_clustering_
 from ssl_zoo.evaluation.features import cache_root, cached_features
 from ssl_zoo.evaluation.knn import knn_protocols
 from ssl_zoo.evaluation.linear import linear_probe
+from ssl_zoo.evaluation.rank import effective_rank_report
 from ssl_zoo.evaluation.results import KNN_PROTOCOL_TEXT
 
 
@@ -106,6 +107,7 @@ def _metrics(encoder, data, view_spec, device, cfg: RunConfig, cache_dir,
     out: dict[str, Any] = {"n_train": int(ftr.shape[0]),
                            "n_test": int(fte.shape[0]) if fte is not None else 0,
                            "feature_dim": int(ftr.shape[1])}
+    out["rankme"] = effective_rank_report(ftr)  # label-free: computed with or without labels
     if fte is None or ytr is None or yte is None:
         out["note"] = "no labelled test split: kNN, linear probe and NMI need labels"
         return out
@@ -154,7 +156,8 @@ def evaluate_backbone(method, data, view_spec, device, cfg: RunConfig, *, out_di
         "dataset": cfg.dataset, "backbone": cfg.backbone, "method": cfg.method,
         "image_size": data.train.image_size,
         "protocols": {**KNN_PROTOCOL_TEXT,
-                      "linear": "see linear.recipe", "clustering": "k-means (faiss) on test "
+                      "linear": "see linear.recipe", "rankme": "see rankme.protocol",
+                      "clustering": "k-means (faiss) on test "
                       "features, k = number of classes; NMI, ARI, purity"},
         "checkpoint": checkpoint_key,
     }

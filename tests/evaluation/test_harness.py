@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,9 +14,17 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
 
 from ssl_zoo import load_backbone
+from ssl_zoo.checkpoint import safe_load
 from ssl_zoo.cli import main
 from ssl_zoo.data.sources import open_source
 from ssl_zoo.evaluation.features import cached_features, extract_features
+
+
+def numpy_rankme(x: np.ndarray) -> float:
+    """RankMe (Garrido et al. 2023, Eq. 1) from numpy's SVD."""
+    s = np.linalg.svd(x.astype(np.float64), compute_uv=False)
+    p = s / s.sum() + 1e-7
+    return float(np.exp(-(p * np.log(p)).sum()))
 
 
 def test_feature_cache_is_reused_and_invalidated(tmp_path):
@@ -80,6 +89,8 @@ def test_compare_two_methods_writes_table_json_and_charts(tmp_path, monkeypatch,
             "k20_t0.07"]["top1"]
         assert r["eval"]["knn"]["k20_t0.07"]["top1"] == pytest.approx(
             slow_knn_top1(Path(r["run_dir"]), tmp_path), abs=1e-9)
+        assert m["stats"]["rankme"]["mean"] == r["eval"]["rankme"]["rank"] > 1.0
+    assert "RankMe" in text
     with Image.open(out / "final_metrics.png") as im:
         assert im.size[0] > 100
     # one TensorBoard run per method, so `tensorboard --logdir OUT` overlays them
@@ -101,10 +112,14 @@ def test_eval_command_on_a_run(tmp_path, monkeypatch, capsys, toy_method_file):
     assert main(["train", "--method", f"{toy_method_file}:Toy", "--epochs", "1",
                  "--batch-size", "64", "--no-progress", "--no-eval", "--set",
                  "train.max_steps=2", "--out", str(run)]) == 0
-    assert main(["eval", str(run), "--set", "eval.linear=false", "--set",
-                 "eval.baseline=false"]) == 0
+    assert main(["eval", str(run), "--set", "eval.baseline=false"]) == 0
     ev = json.loads((run / "eval.json").read_text())
     assert set(ev["knn"]) == {"k20_t0.07", "k200_t0.1"}
+    assert 0.0 <= ev["linear"]["test_top1"] <= 1.0 and ev["linear"]["steps"] >= 1000
+    # RankMe of the very features the evaluation used, recomputed from numpy's SVD
+    (train_file,) = (run / "features").glob("train-*.pt")
+    assert ev["rankme"]["rank"] == pytest.approx(
+        numpy_rankme(safe_load(train_file).numpy()), rel=1e-4)
     assert (run / "tsne.png").exists() and (run / "loss.png").exists()
     assert "kNN k20_t0.07 top-1" in capsys.readouterr().out
     assert main(["eval", str(tmp_path / "nope")]) == 2
