@@ -123,3 +123,44 @@ def test_eval_command_on_a_run(tmp_path, monkeypatch, capsys, toy_method_file):
     assert (run / "tsne.png").exists() and (run / "loss.png").exists()
     assert "kNN k20_t0.07 top-1" in capsys.readouterr().out
     assert main(["eval", str(tmp_path / "nope")]) == 2
+
+
+def test_transfer_eval_uses_the_runs_normalisation_on_the_new_data(tmp_path, monkeypatch,
+                                                                  toy_method_file):
+    monkeypatch.setenv("SSL_ZOO_CACHE", str(tmp_path / "cache"))
+    run = tmp_path / "run"
+    assert main(["train", "--method", f"{toy_method_file}:Toy", "--epochs", "1",
+                 "--batch-size", "64", "--no-progress", "--no-eval", "--set",
+                 "train.max_steps=2", "--out", str(run)]) == 0
+    rng = np.random.default_rng(0)  # other data, of another size: 40-px images, 4 classes
+    centres = rng.integers(30, 220, (4, 1, 1, 3))
+    ytr, yte = rng.integers(0, 4, 160), rng.integers(0, 4, 60)
+
+    def images(y):
+        return np.clip(centres[y] + rng.normal(0, 25, (len(y), 40, 40, 3)), 0, 255).astype(
+            np.uint8)
+    np.savez(tmp_path / "other.npz", x_train=images(ytr), y_train=ytr, x_test=images(yte),
+             y_test=yte)
+    assert main(["eval", str(run), "--dataset", f"npz:{tmp_path / 'other.npz'}", "--set",
+                 "eval.baseline=false", "--set", "eval.pictures=false"]) == 0
+    ev = json.loads(next(run.glob("eval_npz*.json")).read_text())
+    assert not (run / "eval.json").exists()  # the run's own evaluation is not overwritten
+    # the new images are resized to the run's working size (32 px), as transfer from 224-px
+    # ImageNet training resizes CIFAR to 224
+    assert ev["n_train"] == 160 and ev["n_test"] == 60 and ev["image_size"] == 32
+    # independently: the exported backbone, the run's normalisation, the new images
+    out = tmp_path / "backbone.pt"
+    assert main(["export", str(run), "--out", str(out)]) == 0
+    net = load_backbone(out)
+    spec = json.loads((run / "run_info.json").read_text())["view_spec"]
+    data = open_source(f"npz:{tmp_path / 'other.npz'}", image_size=32)
+    kw = dict(image_size=32, mean=spec["mean"], std=spec["std"], device=torch.device("cpu"))
+    ftr = F.normalize(extract_features(net, data.train, **kw).double(), dim=1)
+    fte = F.normalize(extract_features(net, data.test, **kw).double(), dim=1)
+    sims = fte @ ftr.t()
+    top = sims.topk(20, dim=1)
+    votes = torch.zeros(60, 4, dtype=torch.float64)
+    votes.scatter_add_(1, torch.as_tensor(ytr)[top.indices], (top.values / 0.07).exp())
+    hand = float((votes.argmax(1) == torch.as_tensor(yte)).double().mean())
+    assert ev["knn"]["k20_t0.07"]["top1"] == pytest.approx(hand, abs=1e-9)
+    assert 0.0 <= ev["linear"]["test_top1"] <= 1.0
