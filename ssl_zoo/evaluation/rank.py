@@ -3,6 +3,7 @@ downstream performance of pretrained self-supervised representations by their ra
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ssl_zoo.errors import UserError
@@ -16,13 +17,16 @@ CHUNK_ROWS = 8192
 def singular_values(features, chunk_rows: int = CHUNK_ROWS) -> torch.Tensor:
     """Singular values (descending, float64) of the (N, D) matrix, from its D x D Gram matrix
     accumulated in float64 over chunks of rows, so memory is O(D^2) whatever N is."""
-    x = features if isinstance(features, torch.Tensor) else torch.as_tensor(features)
+    x = features  # a tensor, an array or a memmap (read by chunks)
     if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] < 1:
         raise UserError(f"effective rank: expected a non-empty (N, D) matrix, got "
                         f"{tuple(x.shape)}")
-    gram = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64, device=x.device)
+    device = x.device if isinstance(x, torch.Tensor) else torch.device("cpu")
+    gram = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64, device=device)
     for s in range(0, x.shape[0], chunk_rows):
-        c = torch.as_tensor(x[s:s + chunk_rows]).to(x.device, torch.float64)
+        part = x[s:s + chunk_rows]
+        c = (part if isinstance(part, torch.Tensor) else torch.from_numpy(np.array(part))).to(
+            device, torch.float64)
         if not bool(torch.isfinite(c).all()):
             raise UserError("effective rank: the features contain NaN or infinite values")
         gram += c.t() @ c

@@ -17,6 +17,7 @@ from ssl_zoo import load_backbone
 from ssl_zoo.checkpoint import safe_load
 from ssl_zoo.cli import main
 from ssl_zoo.data.sources import open_source
+from ssl_zoo.evaluation import features as features_module
 from ssl_zoo.evaluation.features import cached_features, extract_features
 
 
@@ -164,3 +165,40 @@ def test_transfer_eval_uses_the_runs_normalisation_on_the_new_data(tmp_path, mon
     hand = float((votes.argmax(1) == torch.as_tensor(yte)).double().mean())
     assert ev["knn"]["k20_t0.07"]["top1"] == pytest.approx(hand, abs=1e-9)
     assert 0.0 <= ev["linear"]["test_top1"] <= 1.0
+
+
+def test_large_features_are_memory_mapped_and_evaluated_alike(tmp_path, monkeypatch,
+                                                              toy_method_file):
+    monkeypatch.setenv("SSL_ZOO_CACHE", str(tmp_path / "cache"))
+    ds = open_source("demo").test
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten())
+    kw = dict(image_size=32, mean=(0.5,) * 3, std=(0.25,) * 3, device=torch.device("cpu"),
+              batch_size=300)  # batches that do not divide the 1000 images
+    in_memory = extract_features(net, ds, **kw)
+    monkeypatch.setattr(features_module, "MEMMAP_ABOVE_BYTES", 0)
+    mapped = cached_features(net, ds, key={"split": "test"}, cache_dir=tmp_path / "f", **kw)
+    assert isinstance(mapped, np.memmap) and not mapped.flags.writeable
+    np.testing.assert_array_equal(np.asarray(mapped), in_memory.numpy())
+    (only,) = (tmp_path / "f").iterdir()  # no partial file left behind
+    stamp = only.stat().st_mtime_ns
+    again = cached_features(net, ds, key={"split": "test"}, cache_dir=tmp_path / "f", **kw)
+    assert isinstance(again, np.memmap) and only.stat().st_mtime_ns == stamp
+    # a whole evaluation on memory-mapped features gives the numbers of in-memory ones
+    run = tmp_path / "run"
+    assert main(["train", "--method", f"{toy_method_file}:Toy", "--epochs", "1",
+                 "--batch-size", "64", "--no-progress", "--no-eval", "--set",
+                 "train.max_steps=2", "--out", str(run)]) == 0
+    fast = ["--set", "eval.baseline=false", "--set", "eval.pictures=false"]
+    assert main(["eval", str(run), *fast]) == 0
+    mm = json.loads((run / "eval.json").read_text())
+    assert list((run / "features").glob("*.npy"))
+    monkeypatch.setattr(features_module, "MEMMAP_ABOVE_BYTES", 2 << 30)
+    for f in (run / "features").iterdir():
+        f.unlink()
+    assert main(["eval", str(run), *fast]) == 0
+    mem = json.loads((run / "eval.json").read_text())
+    assert not list((run / "features").glob("*.npy"))
+    assert mm["knn"] == mem["knn"] and mm["clustering"] == mem["clustering"]
+    assert mm["rankme"]["rank"] == pytest.approx(mem["rankme"]["rank"], rel=1e-9)
+    assert abs(mm["linear"]["test_top1"] - mem["linear"]["test_top1"]) <= 0.02
