@@ -13,8 +13,11 @@ import json
 import os
 from pathlib import Path
 
+import contextlib
+
 import numpy as np
 import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
 from ssl_zoo.checkpoint import atomic_torch_save, safe_load
@@ -44,24 +47,32 @@ def module_fingerprint(module: nn.Module) -> str:
 
 @torch.no_grad()
 def _extract_into(encoder: nn.Module, dataset, allocate, *, image_size: int, mean, std,
-                  device: torch.device, batch_size: int = 256, num_workers: int = 0):
+                  device: torch.device, batch_size: int = 256, num_workers: int = 0,
+                  console=None, description: str = "features"):
     """Features of every image of ``dataset`` in index order, written into ``allocate(N, D)``
-    (a tensor or an array); None for an empty dataset."""
+    (a tensor or an array); None for an empty dataset. ``console``: a progress bar."""
     was_training = encoder.training
     encoder.eval()
     loader = BatchLoader(dataset, batch_size, shuffle=False, drop_last=False,
                          num_workers=num_workers)
     out, row = None, 0
+    bar = (Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("images"), TimeRemainingColumn(), console=console, transient=True)
+           if console is not None else None)
+    task = bar.add_task(description, total=len(dataset)) if bar is not None else None
     try:
-        for images, _, sizes in loader.iterate():
-            sizes = sizes.to(device) if sizes is not None else None
-            x = eval_view(images.to(device, non_blocking=True), image_size, mean, std,
-                          sizes=sizes)
-            f = encoder(x).float().cpu()
-            if out is None:
-                out = allocate(len(dataset), f.shape[1])
-            out[row:row + len(f)] = f if isinstance(out, torch.Tensor) else f.numpy()
-            row += len(f)
+        with bar or contextlib.nullcontext():
+            for images, _, sizes in loader.iterate():
+                sizes = sizes.to(device) if sizes is not None else None
+                x = eval_view(images.to(device, non_blocking=True), image_size, mean, std,
+                              sizes=sizes)
+                f = encoder(x).float().cpu()
+                if out is None:
+                    out = allocate(len(dataset), f.shape[1])
+                out[row:row + len(f)] = f if isinstance(out, torch.Tensor) else f.numpy()
+                row += len(f)
+                if bar is not None:
+                    bar.advance(task, len(f))
     finally:
         encoder.train(was_training)
     return out
@@ -69,7 +80,8 @@ def _extract_into(encoder: nn.Module, dataset, allocate, *, image_size: int, mea
 
 def extract_features(encoder: nn.Module, dataset, *, image_size: int, mean, std,
                      device: torch.device, batch_size: int = 256,
-                     num_workers: int = 0) -> torch.Tensor:
+                     num_workers: int = 0, console=None,
+                     description: str = "features") -> torch.Tensor:
     """(N, D) float32 CPU features of every image of ``dataset`` in index order.
 
     Images go through the deterministic evaluation view (no augmentation); the encoder runs in
@@ -77,7 +89,7 @@ def extract_features(encoder: nn.Module, dataset, *, image_size: int, mean, std,
     """
     out = _extract_into(encoder, dataset, lambda n, d: torch.empty(n, d), image_size=image_size,
                         mean=mean, std=std, device=device, batch_size=batch_size,
-                        num_workers=num_workers)
+                        num_workers=num_workers, console=console, description=description)
     return out if out is not None else torch.empty(0, 0)
 
 

@@ -259,7 +259,8 @@ def score(feats: Features, labels: torch.Tensor, rows: np.ndarray, w: torch.Tens
         y = labels[torch.from_numpy(idx).to(feats.device)]
         z = torch.einsum("kcd,nd->knc", w, x) + b[:, None, :]
         correct += (z.argmax(2) == y).sum(1)
-        ce += (torch.logsumexp(z, 2) - z[:, torch.arange(len(idx)), y]).double().sum(1)
+        cols = torch.arange(len(idx), device=feats.device)
+        ce += (torch.logsumexp(z, 2) - z[:, cols, y]).double().sum(1)
     if len(rows) == 0:
         return [float("nan")] * k, [float("nan")] * k
     return (correct / len(rows)).tolist(), (ce / len(rows)).tolist()

@@ -38,15 +38,17 @@ def _num_classes(*ys) -> int:
     return int(max(int(y.max()) for y in ys if y is not None)) + 1
 
 
-def _features(encoder, data, view_spec, device, batch_size, cache_dir, dataset_name):
+def _features(encoder, data, view_spec, device, batch_size, cache_dir, dataset_name,
+              console=None):
     common = dict(image_size=data.train.image_size, mean=view_spec.mean, std=view_spec.std,
-                  device=device, batch_size=batch_size)
+                  device=device, batch_size=batch_size, console=console)
     key = {"dataset": dataset_name, "mean": list(view_spec.mean), "std": list(view_spec.std)}
     train_ds = data.eval_train or data.train
     ftr = cached_features(encoder, train_ds, key={**key, "split": "train"}, cache_dir=cache_dir,
-                          **common)
+                          description="features (train)", **common)
     fte = (cached_features(encoder, data.test, key={**key, "split": "test"}, cache_dir=cache_dir,
-                           **common) if data.test is not None else None)
+                           description="features (test)", **common)
+           if data.test is not None else None)
     return train_ds, ftr, fte
 
 
@@ -101,7 +103,7 @@ def _random_init_baseline(cfg: RunConfig, data, view_spec, device, console) -> d
 def _metrics(encoder, data, view_spec, device, cfg: RunConfig, cache_dir,
              console=None) -> dict[str, Any]:
     train_ds, ftr, fte = _features(encoder, data, view_spec, device, cfg.eval.batch_size,
-                                   cache_dir, cfg.dataset)
+                                   cache_dir, cfg.dataset, console)
     ytr = _labels(train_ds)
     yte = _labels(data.test) if data.test is not None else None
     out: dict[str, Any] = {"n_train": int(ftr.shape[0]),

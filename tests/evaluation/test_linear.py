@@ -221,3 +221,15 @@ def test_bad_input_is_refused_clearly():
         linear_probe(torch.full((20, 3), float("nan")), y, x, y)
     with pytest.raises(UserError, match="fraction"):
         stratified_split(y, 1.0, 0)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_probe_on_the_gpu_agrees_with_the_cpu(demo_features):
+    xtr, ytr, xte, yte = demo_features
+    kw = dict(seed=0, weight_decays=(1e-1,))
+    cpu = linear_probe(xtr, ytr, xte, yte, **kw)
+    gpu = linear_probe(xtr, ytr, xte, yte, device="cuda", **kw)  # features copied there
+    half = linear_probe(xtr.half(), ytr, xte.half(), yte, device="cuda", **kw)
+    for res in (gpu, half):
+        assert abs(res["test_top1"] - cpu["test_top1"]) <= 0.005
