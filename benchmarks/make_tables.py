@@ -219,13 +219,34 @@ def load_step() -> dict | None:
             "features as loss, same optimiser; views alone: make_views"}
 
 
+def table_eval_scale(r: dict) -> str:
+    lines = ["| N | D | classes | epochs | seconds (shared machine) | peak RSS (MiB) | features "
+             "(MiB) | bound: features + 1.5 GiB (MiB) | within | test top-1 (synthetic) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for x in r["rows"]:
+        lines.append(f"| {x['n']:,} | {x['dim']} | {x['classes']} | {x['epochs']} | "
+                     f"{x['seconds']:.0f} | {f0(x['peak_rss_mib'])} | {f0(x['features_mib'])} | "
+                     f"{f0(x['bound_mib'])} | {'yes' if x['within_bound'] else 'NO'} | "
+                     f"{f3(x['test_top1'])} |")
+    line = r["rss_line"]
+    lines.append("")
+    lines.append(f"Peak RSS against N, least squares: {line['mib_per_million_rows']:,.0f} MiB per "
+                 f"million rows (the float32 features alone are "
+                 f"{r['bytes_per_row_features'] * 1e6 / 2**20:,.0f}) + "
+                 f"{line['intercept_mib']:,.0f} MiB (torch itself, before the probe: "
+                 f"{r['rows'][0]['rss_before_probe_mib']:,.0f}); largest residual "
+                 f"{line['max_abs_residual_mib']:,.0f} MiB.")
+    return "\n".join(lines)
+
+
 LOADERS = {"step": load_step}
 
 TABLES = {"views": table_views, "folder": table_folder, "folder_cuda": table_folder,
           "knn": table_knn,
           "swav_vs_lightly": table_swav,
           "compare": table_compare, "swav_claims": table_claims, "swav_sweep": table_sweep,
-          "loss_scaling_cpu": table_loss_scaling, "ddp_cpu": table_ddp, "step": table_step}
+          "loss_scaling_cpu": table_loss_scaling, "ddp_cpu": table_ddp, "step": table_step,
+          "eval_scale": table_eval_scale}
 
 
 def fill(path: Path) -> None:

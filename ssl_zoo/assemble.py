@@ -258,6 +258,20 @@ def from_checkpoint(state: dict[str, Any], sets: list[str] | tuple[str, ...] = (
     return resolve(saved, sets)
 
 
+def for_weights(sets: list[str] | tuple[str, ...] = ()) -> tuple[RunConfig, DataSplits, ViewSpec]:
+    """Config, opened data and normalisation to evaluate a weights file with no run behind it
+    (``ssl-zoo eval --weights``): ImageNet's statistics (those every public ResNet release was
+    trained with) unless ``views.mean`` / ``views.std`` are set."""
+    data: dict[str, Any] = {"backbone_stem": "imagenet"}
+    norm: dict[str, Any] = {"views": {"mean": list(IMAGENET[0]), "std": list(IMAGENET[1])}}
+    for s in sets:
+        apply_override(norm if _set_key(s).startswith("views.") else data, s, set())
+    cfg = from_dict(RunConfig, data)
+    validate_run_config(cfg)
+    spec = ViewSpec(mean=tuple(norm["views"]["mean"]), std=tuple(norm["views"]["std"]))
+    return cfg, open_dataset(cfg), spec
+
+
 def resolve_device(pref: str, local_rank: int = 0) -> torch.device:
     """``auto`` (CUDA when present), ``cpu``, ``cuda`` (this process's GPU), ``cuda:N``."""
     if pref == "auto":

@@ -20,6 +20,7 @@ from ssl_zoo.compare import parse_seeds, plan, run_compare
 from ssl_zoo.data.prepared import prepare
 from ssl_zoo.errors import UserError
 from ssl_zoo.evaluation.run import RunEvaluation, evaluate_backbone
+from ssl_zoo.evaluation.weights import backbone_for_weights
 from ssl_zoo.export import export_backbone
 from ssl_zoo.report import make_console, print_eval, print_train_summary
 from ssl_zoo.train import Trainer, shutdown_distributed
@@ -74,9 +75,16 @@ def build_parser() -> argparse.ArgumentParser:
                     help="processes on this machine (launches torch.distributed.run)")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    ev = sub.add_parser("eval", help="evaluate a run or checkpoint (kNN, linear, clustering)")
-    ev.add_argument("target", help="run directory or checkpoint file")
+    ev = sub.add_parser("eval", help="evaluate a run, a checkpoint or any weights file (kNN, "
+                                     "feature probe, RankMe, clustering)")
+    ev.add_argument("target", nargs="?", help="run directory or checkpoint file")
     ev.add_argument("--dataset", help="evaluate on another dataset source")
+    ev.add_argument("--weights", help="a backbone weights file of any known layout (official "
+                                      "SwAV, torchvision, lightly, solo-learn, our exports) "
+                                      "instead of a run; needs --backbone and --dataset")
+    ev.add_argument("--backbone", help="with --weights: the architecture, e.g. resnet50")
+    ev.add_argument("--out", help="with --weights: where eval.json goes "
+                                  "(default runs/eval-<weights file>-<dataset>)")
     ev.add_argument("--data-root")
     ev.add_argument("--device", default="auto")
     ev.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -234,6 +242,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """``ssl-zoo eval RUN_DIR_OR_CHECKPOINT``: rebuild the method from its checkpoint and
     evaluate it (on its own data, or ``--dataset``)."""
     console = _console()
+    if args.weights:
+        return _eval_weights(args, console)
+    if not args.target:
+        raise UserError("eval: give a run directory or checkpoint, or --weights FILE "
+                        "--backbone NAME --dataset D")
+    if args.backbone or args.out:
+        raise UserError("eval: --backbone and --out go with --weights (a run knows its backbone)")
     path = Path(args.target)
     if path.is_dir():
         state, ckpt = load_latest_checkpoint(path, warn=console.print)
@@ -262,6 +277,30 @@ def cmd_eval(args: argparse.Namespace) -> int:
     evaluate_backbone(method, run.data, run.view_spec, device, run.config, out_dir=run_dir,
                       checkpoint_key=f"{Path(ckpt).resolve()}@{state.get('step')}",
                       console=console, eval_name=name,
+                      show=lambda result: print_eval(console, result))
+    return 0
+
+
+def _eval_weights(args: argparse.Namespace, console) -> int:
+    """``ssl-zoo eval --weights FILE --backbone NAME --dataset D``: a file trained anywhere."""
+    if args.target:
+        raise UserError("eval: give either a run (RUN) or --weights FILE, not both")
+    if not args.backbone or not args.dataset:
+        raise UserError("eval --weights: also give --backbone NAME (e.g. resnet50) and "
+                        "--dataset D")
+    sets = [f"dataset={args.dataset}", f"backbone={args.backbone}", *args.set]
+    if args.data_root:
+        sets.append(f"data_root={args.data_root}")
+    cfg, data, spec = assemble.for_weights(sets)
+    cfg.method = f"weights:{Path(args.weights).name}"
+    device = assemble.resolve_device(args.device)
+    model = backbone_for_weights(args.weights, cfg, data.train.image_size).to(device)
+    out = Path(args.out or f"runs/eval-{Path(args.weights).stem}-{cfg.dataset.split(':')[0]}")
+    out.mkdir(parents=True, exist_ok=True)
+    console.print(f"[bold]ssl-zoo[/] eval {args.weights} as {cfg.backbone} "
+                  f"({cfg.backbone_stem} stem) on {cfg.dataset} -> {out}")
+    evaluate_backbone(model, data, spec, device, cfg, out_dir=out,
+                      checkpoint_key=str(Path(args.weights).resolve()), console=console,
                       show=lambda result: print_eval(console, result))
     return 0
 

@@ -114,7 +114,11 @@ class EvalConfig:
     knn: bool = True
     """Weighted kNN, both protocols (k=20, T=0.07 and k=200, T=0.1)."""
     linear: bool = True
-    """Linear probe on frozen features."""
+    """Feature probe on frozen features (mini-batch logistic regression; evaluation/linear.py)."""
+    linear_epochs: int = 30
+    """Passes over the training features per probe fit (small data gets at least 1000 steps)."""
+    linear_batch_size: int = 1024
+    """Features per probe step."""
     clustering: bool = True
     """k-means on test features: NMI, ARI, purity."""
     pictures: bool = True
@@ -380,6 +384,8 @@ def validate_run_config(cfg: RunConfig) -> None:
         (t.max_steps >= 0, "train.max_steps must be >= 0"),
         (cfg.image_size >= 0, "image_size must be >= 0"),
         (cfg.eval.batch_size >= 1, "eval.batch_size must be >= 1"),
+        (cfg.eval.linear_epochs >= 1, "eval.linear_epochs must be >= 1"),
+        (cfg.eval.linear_batch_size >= 1, "eval.linear_batch_size must be >= 1"),
     ]
     for ok, msg in checks:
         if not ok:

@@ -90,6 +90,9 @@ def print_eval(console, result: dict[str, Any]) -> None:
     if result.get("linear"):
         table.add_row("linear probe top-1", fmt(metric(result, "linear")),
                       fmt(metric(base, "linear")))
+    if result.get("rankme"):
+        table.add_row("RankMe effective rank", fmt(metric(result, "rankme"), 1),
+                      fmt(metric(base, "rankme"), 1))
     if result.get("clustering"):
         for k in ("nmi", "ari", "purity"):
             table.add_row(f"k-means {k.upper()}", fmt(result["clustering"][k]),
@@ -133,10 +136,10 @@ def print_comparison(console, result: dict[str, Any]) -> None:
     """The ``ssl-zoo compare`` table: each method's headline numbers (mean ± sd over seeds),
     epochs run and minutes of training, under the random-init floor."""
     table = Table(title=comparison_title(result["budget"]), title_justify="left")
-    for col in ("method", "kNN k=20 T=0.07", "kNN k=200 T=0.1", "linear", "NMI", "epochs",
-                "train min", "images/s", "peak MiB"):
+    for col in ("method", "kNN k=20 T=0.07", "kNN k=200 T=0.1", "linear", "NMI", "RankMe",
+                "epochs", "train min", "images/s", "peak MiB"):
         table.add_column(col, justify="left" if col == "method" else "right")
-    keys = ("knn_k20", "knn_k200", "linear", "nmi")
+    keys = ("knn_k20", "knn_k200", "linear", "nmi", "rankme")
     if result.get("random_init"):
         r = result["random_init"]
         table.add_row("random init", *(fmt_spread(r.get(k)) for k in keys), "-", "-", "-", "-",

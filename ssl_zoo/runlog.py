@@ -38,7 +38,8 @@ _POSITION_KEYS = ("step", "epoch")
 # sections of eval.json that hold numbers worth a curve, and bookkeeping inside them
 _EVAL_SECTIONS = ("knn", "linear", "clustering", "method_clusters", "random_init")
 _EVAL_SKIP = {"key", "n_train", "n_test", "feature_dim", "n_fit", "n_val", "k", "temperature",
-              "lbfgs_iterations", "weight_decay", "sweep_val_top1", "sweep_val_loss", "recipe"}
+              "steps", "epochs", "batch_size", "lr", "weight_decay", "sweep_val_top1",
+              "sweep_val_loss", "recipe"}
 
 
 def tensorboard_available() -> bool:

@@ -143,9 +143,9 @@ def knn_protocols(train_feats, train_labels, test_feats, test_labels, *,
     if not protocols:
         raise UserError("no kNN protocol to evaluate")
     _check([t for _, t in protocols.values()], chunk_size)
-    if torch.as_tensor(test_feats).shape[0] == 0:
+    if len(test_feats) == 0:
         raise UserError("kNN accuracy needs at least one test feature")
-    n_train = torch.as_tensor(train_feats).shape[0]
+    n_train = len(train_feats)
     ks = {name: clamp_k(k, n_train) for name, (k, _) in protocols.items()}
     k_max, num_classes, yte, n_test, chunks = _neighbours(
         train_feats, train_labels, test_feats, max(ks.values()), num_classes, chunk_size, gpu,

@@ -15,11 +15,12 @@ HEADLINE_PATHS: dict[str, tuple[str, ...]] = {
     "knn_k200": ("knn", "k200_t0.1", "top1"),
     "linear": ("linear", "test_top1"),
     "nmi": ("clustering", "nmi"),
+    "rankme": ("rankme", "rank"),
 }
 """Where each headline number sits in an evaluation result."""
 
 HEADLINE_LABELS = {"knn_k20": "kNN k=20 T=0.07", "knn_k200": "kNN k=200 T=0.1",
-                   "linear": "linear", "nmi": "NMI"}
+                   "linear": "linear", "nmi": "NMI", "rankme": "RankMe (effective rank)"}
 
 
 def metric(result: dict[str, Any] | None, name: str) -> float | None:

@@ -23,6 +23,7 @@ from ssl_zoo.evaluation.clustering import assignment_metrics, kmeans_clustering_
 from ssl_zoo.evaluation.features import cache_root, cached_features
 from ssl_zoo.evaluation.knn import knn_protocols
 from ssl_zoo.evaluation.linear import linear_probe
+from ssl_zoo.evaluation.rank import effective_rank_report
 from ssl_zoo.evaluation.results import KNN_PROTOCOL_TEXT
 
 
@@ -37,15 +38,17 @@ def _num_classes(*ys) -> int:
     return int(max(int(y.max()) for y in ys if y is not None)) + 1
 
 
-def _features(encoder, data, view_spec, device, batch_size, cache_dir, dataset_name):
+def _features(encoder, data, view_spec, device, batch_size, cache_dir, dataset_name,
+              console=None):
     common = dict(image_size=data.train.image_size, mean=view_spec.mean, std=view_spec.std,
-                  device=device, batch_size=batch_size)
+                  device=device, batch_size=batch_size, console=console)
     key = {"dataset": dataset_name, "mean": list(view_spec.mean), "std": list(view_spec.std)}
     train_ds = data.eval_train or data.train
     ftr = cached_features(encoder, train_ds, key={**key, "split": "train"}, cache_dir=cache_dir,
-                          **common)
+                          description="features (train)", **common)
     fte = (cached_features(encoder, data.test, key={**key, "split": "test"}, cache_dir=cache_dir,
-                           **common) if data.test is not None else None)
+                           description="features (test)", **common)
+           if data.test is not None else None)
     return train_ds, ftr, fte
 
 
@@ -75,7 +78,8 @@ def _random_init_baseline(cfg: RunConfig, data, view_spec, device, console) -> d
            "n_train": len(data.eval_train or data.train),
            "n_test": len(data.test) if data.test is not None else 0,
            "mean": list(view_spec.mean), "std": list(view_spec.std), "linear": cfg.eval.linear,
-           "v": 2}
+           "linear_epochs": cfg.eval.linear_epochs,
+           "linear_batch_size": cfg.eval.linear_batch_size, "v": 3}
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = cache_root() / "baselines" / f"{digest}.json"
     if path.is_file():
@@ -90,28 +94,32 @@ def _random_init_baseline(cfg: RunConfig, data, view_spec, device, console) -> d
     backbone, _ = build_backbone(cfg.backbone, stem=cfg.backbone_stem,
                                  image_size=data.train.image_size, args=cfg.backbone_args)
     backbone.to(device)
-    res = _metrics(backbone, data, view_spec, device, cfg, cache_dir=None)
+    res = _metrics(backbone, data, view_spec, device, cfg, cache_dir=None, console=console)
     res["key"] = key
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(res, indent=2) + "\n")
     return res
 
 
-def _metrics(encoder, data, view_spec, device, cfg: RunConfig, cache_dir) -> dict[str, Any]:
+def _metrics(encoder, data, view_spec, device, cfg: RunConfig, cache_dir,
+             console=None) -> dict[str, Any]:
     train_ds, ftr, fte = _features(encoder, data, view_spec, device, cfg.eval.batch_size,
-                                   cache_dir, cfg.dataset)
+                                   cache_dir, cfg.dataset, console)
     ytr = _labels(train_ds)
     yte = _labels(data.test) if data.test is not None else None
     out: dict[str, Any] = {"n_train": int(ftr.shape[0]),
                            "n_test": int(fte.shape[0]) if fte is not None else 0,
                            "feature_dim": int(ftr.shape[1])}
+    out["rankme"] = effective_rank_report(ftr)  # label-free: computed with or without labels
     if fte is None or ytr is None or yte is None:
         out["note"] = "no labelled test split: kNN, linear probe and NMI need labels"
         return out
     if cfg.eval.knn:
         out["knn"] = knn_both(ftr, ytr, fte, yte)
     if cfg.eval.linear:
-        out["linear"] = linear_probe(ftr, ytr, fte, yte, seed=cfg.train.seed)
+        out["linear"] = linear_probe(ftr, ytr, fte, yte, seed=cfg.train.seed, device=device,
+                                     epochs=cfg.eval.linear_epochs,
+                                     batch_size=cfg.eval.linear_batch_size, console=console)
     if cfg.eval.clustering:
         out["clustering"] = kmeans_clustering_metrics(fte, yte, _num_classes(ytr, yte),
                                                       seed=cfg.train.seed)
@@ -151,12 +159,13 @@ def evaluate_backbone(method, data, view_spec, device, cfg: RunConfig, *, out_di
         "dataset": cfg.dataset, "backbone": cfg.backbone, "method": cfg.method,
         "image_size": data.train.image_size,
         "protocols": {**KNN_PROTOCOL_TEXT,
-                      "linear": "see linear.recipe", "clustering": "k-means (faiss) on test "
+                      "linear": "see linear.recipe", "rankme": "see rankme.protocol",
+                      "clustering": "k-means (faiss) on test "
                       "features, k = number of classes; NMI, ARI, purity"},
         "checkpoint": checkpoint_key,
     }
     result.update(_metrics(method.backbone, data, view_spec, device, cfg,
-                           cache_dir=out_dir / "features"))
+                           cache_dir=out_dir / "features", console=console))
     yte = _labels(data.test) if data.test is not None else None
     assignments = _method_clusters(method, data, view_spec, device, cfg.eval.batch_size)
     if assignments is not None and yte is not None:
