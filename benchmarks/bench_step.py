@@ -169,7 +169,7 @@ class BackboneOnly:
         self.device = tr.device
         torch.manual_seed(t.seed)
         net, _ = build_backbone(tr.cfg.backbone, stem=tr.cfg.backbone_stem,
-                                image_size=tr.image_size)
+                                image_size=tr.image_size, args=tr.cfg.backbone_args)
         net.to(self.device)
         self.channels_last = bool(getattr(t, "channels_last", False)) and \
             self.device.type == "cuda"
