@@ -61,6 +61,9 @@ def atomic_torch_save(obj: Any, path: str | Path, keep_previous: str | None = No
     except RuntimeError as exc:  # torch wraps write errors of its zip writer
         tmp.unlink(missing_ok=True)
         raise CheckpointError(f"could not write {path}: {exc}; the previous one was kept") from None
+    except BaseException:  # interrupted (KeyboardInterrupt): the old files stay, no temp left
+        tmp.unlink(missing_ok=True)
+        raise
     if keep_previous and path.exists():
         os.replace(path, path.with_name(keep_previous))
     os.replace(tmp, path)

@@ -1,7 +1,9 @@
 """`ssl-zoo train | eval | compare | list | export | prepare`.
 
 A user's mistake (unknown name, bad config, missing file) prints one line and exits with code 2;
-an interrupted run prints how to resume it and exits with 130.
+a run stopped by a signal (SIGTERM, SIGINT, SIGUSR1) checkpoints and exits with 75 (resumable:
+``--resume auto``); one interrupted at once (a second Ctrl-C) prints how to resume it and exits
+with 130.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import sys
 from pathlib import Path
 
 from rich.table import Table
+from torch.distributed.elastic.multiprocessing import SignalException
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
 from ssl_zoo import assemble, registry
 from ssl_zoo.checkpoint import load_latest_checkpoint, safe_load
@@ -22,7 +26,9 @@ from ssl_zoo.errors import UserError
 from ssl_zoo.evaluation.run import RunEvaluation, evaluate_backbone
 from ssl_zoo.evaluation.weights import backbone_for_weights
 from ssl_zoo.export import export_backbone
+from ssl_zoo.preemption import EXIT_STOPPED, RunStopped
 from ssl_zoo.report import make_console, print_eval, print_train_summary
+from ssl_zoo.runstate import has_checkpoint
 from ssl_zoo.train import Trainer, shutdown_distributed
 
 EXIT_USER_ERROR = 2
@@ -70,7 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("train", help="train a method")
     _add_run_args(tr)
     tr.add_argument("--out", help="run directory (default runs/<method>-<dataset>)")
-    tr.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    tr.add_argument("--resume", metavar="RUN_DIR|auto",
+                    help="continue the run in RUN_DIR; auto: continue the run in --out when it "
+                         "holds a checkpoint, else start it (one command for every restart)")
     tr.add_argument("--nproc", type=int, default=1,
                     help="processes on this machine (launches torch.distributed.run)")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -155,14 +163,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         return _launch_distributed(args)
     console = _console()
     sets = _flag_sets(args)
-    if args.resume:
-        run_dir = Path(args.resume)
+    if args.resume == "auto":
+        run, run_dir, resume = _resume_auto(args, sets)
+    elif args.resume:
+        run_dir, resume = Path(args.resume), True
         if args.out and Path(args.out).resolve() != run_dir.resolve():
             raise UserError("--out and --resume name different directories; use one")
         if args.method or args.config:
             raise UserError("--resume continues a run as it was made; drop --method/--config")
         run = assemble.resume(run_dir, sets, open_data=None if args.dry_run else True)
     else:
+        resume = False
         run = assemble.resolve(assemble.load_files(args.config), sets, method=args.method,
                                open_data=None if args.dry_run else True)
         cfg = run.config
@@ -177,7 +188,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = run.config
     evaluation = RunEvaluation(run.data, run.view_spec, cfg, run_dir, console=console,
                                show=lambda result: print_eval(console, result))
-    trainer = Trainer(run, run_dir, resume=bool(args.resume), console=console,
+    trainer = Trainer(run, run_dir, resume=resume, console=console,
                       show_progress=not args.no_progress, evaluation=evaluation)
     if trainer.is_main:
         console.print(f"[bold]ssl-zoo[/] {cfg.method} on {cfg.dataset} "
@@ -190,6 +201,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             console.print(f"[yellow]skipped {skipped} unreadable or non-image file(s)[/]")
     try:
         result = trainer.fit()
+    except RunStopped as stop:
+        return _stopped(console, trainer, stop, run_dir)
     except KeyboardInterrupt:
         if trainer.is_main:
             console.print(f"\n[yellow]interrupted[/]; continue with: ssl-zoo train --resume "
@@ -202,6 +215,36 @@ def cmd_train(args: argparse.Namespace) -> int:
     if trainer.is_main:
         print_train_summary(console, cfg, result)
     return 0
+
+
+def _stopped(console, trainer: Trainer, stop: RunStopped, run_dir: Path) -> int:
+    """A run stopped on a signal: how to continue it (every rank says where it stopped)."""
+    if trainer.is_main:
+        console.print(f"\n[yellow]{stop}[/]; continue with the same command and --resume auto, "
+                      f"or: ssl-zoo train --resume {run_dir}")
+    else:
+        print(f"rank {trainer.rank}: {stop}")
+    return EXIT_STOPPED
+
+
+def _resume_auto(args: argparse.Namespace, sets: list[str]):
+    """``--resume auto``: (run, run directory, resume?) from the full command line; the run in
+    --out is continued when it holds a checkpoint, started when there is none, and refused (one
+    line) when it was made with another config."""
+    run = assemble.resolve(assemble.load_files(args.config), sets, method=args.method,
+                           open_data=None if args.dry_run else True)
+    cfg = run.config
+    run_dir = Path(args.out or f"runs/{Path(cfg.method).stem}-{cfg.dataset.split(':')[0]}")
+    if not (run_dir / "config.json").is_file():
+        if has_checkpoint(run_dir):
+            raise UserError(f"--resume auto: {run_dir} holds checkpoints but no config.json; "
+                            f"continue it with --resume {run_dir}")
+        return run, run_dir, False
+    diff = assemble.config_differences(assemble.saved_config(run_dir), run.summary())
+    if diff:
+        raise UserError(f"--resume auto: {run_dir} holds another run (" + ", ".join(diff)
+                        + "); give another --out, or continue it with --resume " + str(run_dir))
+    return run, run_dir, has_checkpoint(run_dir)
 
 
 def _launch_distributed(args: argparse.Namespace) -> int:
@@ -220,7 +263,19 @@ def _launch_distributed(args: argparse.Namespace) -> int:
         if a.startswith("--nproc="):
             continue
         cleaned.append(a)
-    torchrun.main(["--standalone", f"--nproc-per-node={args.nproc}", "-m", "ssl_zoo", *cleaned])
+    # torchrun forwards these to the ranks (and waits 30 s for them): the ranks stop cleanly
+    os.environ.setdefault("TORCHELASTIC_SIGNALS_TO_HANDLE", "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1")
+    try:
+        torchrun.main(["--standalone", f"--nproc-per-node={args.nproc}", "-m", "ssl_zoo",
+                       *cleaned])
+    except SignalException as exc:  # forwarded to the ranks, which checkpoint on it
+        print(f"ssl-zoo: {exc.sigval.name}: the ranks checkpoint at their next log step; "
+              "continue with --resume auto", file=sys.stderr)
+        return EXIT_STOPPED
+    except ChildFailedError as exc:  # the ranks stopped on a signal they got themselves
+        if {f.exitcode for f in exc.failures.values()} == {EXIT_STOPPED}:
+            return EXIT_STOPPED
+        raise
     return 0
 
 
@@ -357,6 +412,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"ssl-zoo: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except RunStopped as exc:  # a compare's run stopped on a signal (train handles its own)
+        print(f"ssl-zoo: {exc}; run the same command again to continue", file=sys.stderr)
+        return EXIT_STOPPED
     except KeyboardInterrupt:
         print("ssl-zoo: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -17,6 +17,7 @@ from typing import Any
 
 from ssl_zoo.data.views.spec import CropGroup, ViewSpec
 from ssl_zoo.errors import ConfigError, suggest
+from ssl_zoo.preemption import DEFAULT_SIGNALS, signal_numbers
 
 OPTIMIZERS = ("sgd", "lars", "adam", "adamw")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
@@ -84,6 +85,15 @@ class TrainConfig:
     RUN_DIR/tb/; needs the tensorboard extra), auto (tensorboard when it is installed)."""
     checkpoint_every_iters: int = 0
     """Also checkpoint every this many iterations (0: at epoch ends only)."""
+    checkpoint_every_minutes: float = 0.0
+    """Also checkpoint when this many minutes have passed since the last checkpoint (0: off),
+    so a hard kill loses at most about that much work; under DDP decided at log steps."""
+    stop_signals: list[str] = field(default_factory=lambda: list(DEFAULT_SIGNALS))
+    """Signals that stop the run cleanly: checkpoint, then exit with status 75 (resumable);
+    on one process after the running step, under DDP at the next log step (empty: none)."""
+    requeue: bool = False
+    """Under SLURM: after a signal's checkpoint, requeue the job (``scontrol requeue
+    $SLURM_JOB_ID``); restart it with ``--resume auto``."""
     eval_every_epochs: int = 0
     """kNN evaluation every this many epochs during training (0: only at the end)."""
     skip_nonfinite: int = 0
@@ -379,6 +389,7 @@ def validate_run_config(cfg: RunConfig) -> None:
         (t.num_workers >= 0, "train.num_workers must be >= 0"),
         (t.log_every_iters >= 1, "train.log_every_iters must be >= 1"),
         (t.checkpoint_every_iters >= 0, "train.checkpoint_every_iters must be >= 0"),
+        (t.checkpoint_every_minutes >= 0, "train.checkpoint_every_minutes must be >= 0"),
         (t.eval_every_epochs >= 0, "train.eval_every_epochs must be >= 0"),
         (t.skip_nonfinite >= 0, "train.skip_nonfinite must be >= 0"),
         (t.max_steps >= 0, "train.max_steps must be >= 0"),
@@ -411,6 +422,10 @@ def validate_run_config(cfg: RunConfig) -> None:
     if cfg.backbone_args and not cfg.backbone.startswith("timm:"):
         raise ConfigError(f"backbone_args: constructor arguments are for timm:NAME backbones "
                           f"only, not for {cfg.backbone}")
+    try:
+        signal_numbers(t.stop_signals)
+    except ValueError as exc:
+        raise ConfigError(f"train.stop_signals: {exc}") from None
 
 
 def view_spec_from_dict(data: dict[str, Any]) -> ViewSpec:

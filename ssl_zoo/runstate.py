@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from ssl_zoo.checkpoint import NAMES as CHECKPOINT_NAMES
+from ssl_zoo.checkpoint import load_latest_checkpoint
 
 
 @dataclass
@@ -35,6 +36,17 @@ class RunResult:
 def has_checkpoint(run_dir: Path) -> bool:
     """Whether ``run_dir/checkpoints`` holds a checkpoint file (loadable or not)."""
     return any((Path(run_dir) / "checkpoints" / name).exists() for name in CHECKPOINT_NAMES)
+
+
+def load_to_resume(run_dir: Path, device: torch.device, world_size: int, warn
+                   ) -> tuple[dict[str, Any], Path]:
+    """The newest loadable checkpoint of ``run_dir`` (and its path), on ``device``; a note when
+    it was written by another number of processes."""
+    state, path = load_latest_checkpoint(run_dir, map_location=device, warn=warn)
+    if state.get("world_size", 1) != world_size:
+        warn(f"note: checkpoint was written with {state.get('world_size')} process(es); "
+             f"resuming with {world_size}")
+    return state, path
 
 
 def rng_state() -> dict[str, Any]:

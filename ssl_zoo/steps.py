@@ -47,7 +47,13 @@ def join_process_group(device: torch.device) -> tuple[int, int]:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        # torchrun keeps its store across elastic restarts (--max-restarts): the keys of each
+        # attempt get their own prefix, or a restarted rank reads the dead ranks' addresses
+        store, rank, world_size = next(dist.rendezvous("env://"))
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
+                                store=dist.PrefixStore(f"ssl_zoo/attempt_{attempt}/", store),
+                                rank=rank, world_size=world_size)
     return D.get_rank(), D.get_world_size()
 
 
@@ -195,18 +201,25 @@ def eval_view_batches(dataset, batch_size: int, num_workers: int, rank: int, wor
         loader.close()
 
 
-def read_to_host(loss: torch.Tensor, metrics: dict[str, Any], extra: list[torch.Tensor]
-                 ) -> tuple[float, dict[str, Any], list[float]]:
-    """The loss (mean over ranks), the scalar metrics and ``extra`` device scalars, brought to
-    the host in one transfer (the log step's only read of the device)."""
+def read_to_host(loss: torch.Tensor, metrics: dict[str, Any], extra: list[torch.Tensor],
+                 averaged: torch.Tensor | None = None
+                 ) -> tuple[float, dict[str, Any], list[float], list[float]]:
+    """The loss (mean over ranks), the scalar metrics, ``extra`` device scalars and
+    ``averaged`` (a vector averaged over ranks in the loss's all-reduce), brought to the host in
+    one transfer (the log step's only read of the device). Returns (loss, metrics, extra,
+    averaged)."""
     keys = [k for k, v in metrics.items() if isinstance(v, torch.Tensor) and v.numel() == 1]
-    mean_loss = D.all_reduce_mean(loss.detach().float().clone())
-    values = torch.stack([mean_loss, *(x.float().reshape(()) for x in extra),
-                          *(metrics[k].detach().float().reshape(()) for k in keys)]).tolist()
-    first = 1 + len(extra)
+    shared = [loss.detach().float().reshape(1)]
+    if averaged is not None:
+        shared.append(averaged.float().reshape(-1))
+    shared = D.all_reduce_mean(torch.cat(shared))
+    values = torch.cat([shared, torch.stack([*(x.float().reshape(()) for x in extra),
+                                             *(metrics[k].detach().float().reshape(())
+                                               for k in keys)])]).tolist()
+    first = len(shared) + len(extra)
     host = {k: values[first + keys.index(k)] if k in keys else jsonable(v)
             for k, v in metrics.items()}
-    return values[0], host, values[1:first]
+    return values[0], host, values[len(shared):first], values[1:len(shared)]
 
 
 class EpochBar:

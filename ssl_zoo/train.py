@@ -20,7 +20,7 @@ import torch.distributed as dist
 
 from ssl_zoo import runstate, steps
 from ssl_zoo.assemble import Run, resolve_device
-from ssl_zoo.checkpoint import load_latest_checkpoint, save_checkpoint
+from ssl_zoo.checkpoint import save_checkpoint
 from ssl_zoo.config import to_dict
 from ssl_zoo.data.loader import step_seed
 from ssl_zoo.data.views import Views, make_views, skip_view_draws
@@ -34,6 +34,7 @@ from ssl_zoo.optim import (
     warmup_cosine,
     weight_decay_at,
 )
+from ssl_zoo.preemption import RunRequests, RunStopped, StopRequest, requeue_slurm_job
 from ssl_zoo.report import training_progress
 from ssl_zoo.runlog import RunLogger
 from ssl_zoo.runstate import RunClock, RunResult
@@ -118,9 +119,7 @@ class Trainer:
             device=self.device, rank=self.rank, world_size=self.world_size,
             dataset_size=len(self.data.train), eval_batches=self.eval_batches,
         )
-        self.step = 0
-        self.epoch = 0
-        self.batch_in_epoch = 0
+        self.step = self.epoch = self.batch_in_epoch = 0
         self.nonfinite = NonFiniteGuard(self.device, self.cfg.train.skip_nonfinite,
                                         self.steps_per_epoch, self.run_dir, self._print,
                                         write_dump=self.is_main)
@@ -129,6 +128,10 @@ class Trainer:
         self.last_loss = float("nan")
         self._bar = EpochBar()
         self.clock = RunClock()
+        self.stopper = StopRequest(self.cfg.train.stop_signals)
+        self.requests = RunRequests(self.stopper, self.cfg.train.checkpoint_every_minutes,
+                                    self.world_size)
+        self._stopping = False
 
     @property
     def train_seconds(self) -> float:
@@ -138,9 +141,9 @@ class Trainer:
     # ---- data for hooks ------------------------------------------------------------------------
     def eval_batches(self, batch_size: int | None = None):
         """(normalised eval views, dataset index) over this rank's share of the training set."""
-        return steps.eval_view_batches(self.data.train, batch_size or self.cfg.eval.batch_size,
-                                 self.cfg.train.num_workers, self.rank, self.world_size,
-                                 self.device, self.image_size, self.view_spec)
+        return steps.eval_view_batches(
+            self.data.train, batch_size or self.cfg.eval.batch_size, self.cfg.train.num_workers,
+            self.rank, self.world_size, self.device, self.image_size, self.view_spec)
 
     # ---- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -172,18 +175,18 @@ class Trainer:
         runstate.set_rng_state(state["rng"])
 
     def save(self) -> None:
-        """Rank 0 writes the checkpoint atomically; every rank waits for it."""
+        """Rank 0 writes the checkpoint atomically (a signal waits for the write to end);
+        every rank waits for it."""
         if self.is_main:
-            save_checkpoint(self.state_dict(), self.run_dir)
+            with self.stopper.deferred():
+                save_checkpoint(self.state_dict(), self.run_dir)
         if self.world_size > 1:
             dist.barrier()
+        self.requests.saved()
 
     def _restore(self) -> None:
         warn = self._print if self.is_main else (lambda *_: None)
-        state, path = load_latest_checkpoint(self.run_dir, map_location=self.device, warn=warn)
-        if state.get("world_size", 1) != self.world_size:
-            warn(f"note: checkpoint was written with {state.get('world_size')} process(es); "
-                 f"resuming with {self.world_size}")
+        state, path = runstate.load_to_resume(self.run_dir, self.device, self.world_size, warn)
         self.load_state_dict(state)
         if self.is_main:
             runstate.keep_metrics_up_to(self.metrics_path, self.step)
@@ -264,25 +267,22 @@ class Trainer:
         views.index = index.to(self.device, non_blocking=True)
         return views
 
-    def _read_metrics(self, loss: torch.Tensor, metrics: dict[str, Any]
-                      ) -> tuple[float, dict[str, Any], int, int]:
-        """The loss (mean over ranks), the metrics, the non-finite count and the first
-        unreported non-finite iteration, brought to the host in one transfer."""
-        mean_loss, host, (bad, first_bad) = steps.read_to_host(loss, metrics,
-                                                         self.nonfinite.counters())
-        return mean_loss, host, int(bad), int(first_bad)
-
     # ---- the loop ------------------------------------------------------------------------------
     def fit(self) -> RunResult:
-        """Train to the end (or from a checkpoint, when resuming), then evaluate."""
+        """Train to the end (or from a checkpoint, when resuming), then evaluate. On a stop
+        signal: checkpoint, then raise :class:`~ssl_zoo.preemption.RunStopped`."""
         self._start()
         self.clock.start()
+        self.requests.saved()
         self._bar = EpochBar(training_progress(self.console) if self.show_progress else None)
-        with self._bar:
-            while self.epoch < self.cfg.train.epochs and self.step < self.total_steps:
+        with self._bar, self.stopper:
+            while (self.epoch < self.cfg.train.epochs and self.step < self.total_steps
+                   and not self._stopping):
                 self._run_epoch()
                 self._end_epoch()
         self.loader.close()  # its worker processes stop now, not whenever it is collected
+        if self._stopping:
+            self._stop()
         return self._finish()
 
     def _start(self) -> None:
@@ -337,8 +337,9 @@ class Trainer:
             self.batch_in_epoch += 1
             self.clock.count(index.shape[0] * self.world_size)
             self._maybe_log(loss, out.metrics, lr)
-            self._maybe_checkpoint()
-            if self.step >= self.total_steps:
+            self._stopping, due = self.requests.after_step()
+            self._maybe_checkpoint(due)
+            if self.step >= self.total_steps or self._stopping:
                 break
         if loss is not None:
             self.last_loss = float(D.all_reduce_mean(loss.clone()))
@@ -347,11 +348,15 @@ class Trainer:
         return step % self.cfg.train.log_every_iters == 0 or step == self.total_steps
 
     def _maybe_log(self, loss: torch.Tensor, metrics: dict[str, Any], lr: float) -> None:
-        """On a log step: the one transfer to the host, a record, ``on_log``, the bar."""
+        """On a log step: the one transfer to the host (the loss averaged over ranks, the
+        metrics, the non-finite counters and, under DDP, the ranks' requests), a record,
+        ``on_log``, the bar."""
         if self._is_log_step(self.step):
             ips = self.clock.window_rate()
-            self.last_loss, host, bad, first_bad = self._read_metrics(loss, metrics)
-            self.nonfinite.check(self.step, bad, first_bad)
+            self.last_loss, host, (bad, first_bad), agreed = steps.read_to_host(
+                loss, metrics, self.nonfinite.counters(), self.requests.flags(self.device))
+            self.requests.agree(agreed)
+            self.nonfinite.check(self.step, int(bad), int(first_bad))
             rec = {"step": self.step, "epoch": self.epoch + 1, "loss": self.last_loss,
                    "lr": lr, "images_per_s": ips}
             rec.update({k: v for k, v in host.items() if k not in rec})
@@ -361,11 +366,13 @@ class Trainer:
             self._bar.update(loss=self.last_loss, lr=lr, ips=ips)
         self._bar.advance()
 
-    def _maybe_checkpoint(self) -> None:
-        """A checkpoint every ``train.checkpoint_every_iters`` within an epoch (its end always
+    def _maybe_checkpoint(self, due: bool) -> None:
+        """A checkpoint within an epoch every ``train.checkpoint_every_iters``, or when
+        ``train.checkpoint_every_minutes`` is ``due`` (an epoch's end, or a stop, always
         checkpoints, in :meth:`_end_epoch`)."""
         every = self.cfg.train.checkpoint_every_iters
-        if every and self.step % every == 0 and self.batch_in_epoch < self.steps_per_epoch:
+        due = due or bool(every and self.step % every == 0)
+        if due and not self._stopping and self.batch_in_epoch < self.steps_per_epoch:
             self.nonfinite.check(self.step)
             self.save()
 
@@ -376,7 +383,16 @@ class Trainer:
             self.batch_in_epoch = 0
         self.nonfinite.check(self.step)
         self.save()
-        self._maybe_evaluate()
+        if not self._stopping:
+            self._maybe_evaluate()
+
+    def _stop(self) -> None:
+        """After a stop signal's checkpoint: requeue the SLURM job when asked; RunStopped."""
+        self.runlog.close()
+        requeued = self.cfg.train.requeue and self.is_main and requeue_slurm_job(self._print)
+        received = self.stopper.received
+        raise RunStopped(self.step, received.name if received else "another rank's signal",
+                         bool(requeued))
 
     def _finish(self) -> RunResult:
         """The run's result and train_summary.json, the final evaluation, the logger closed."""
@@ -385,8 +401,9 @@ class Trainer:
                 if self.device.type == "cuda" else steps.rss_mb())
         result = RunResult(self.run_dir, self.step, self.epoch, self.last_loss,
                            self.clock.images / max(wall, 1e-9), wall, peak, history=self.history)
-        if self.cfg.eval.enabled and self.is_main:
-            result.eval = self._final_eval()
+        if self.cfg.eval.enabled and self.is_main and self.evaluation is not None:
+            result.eval = self.evaluation.final(self.method, self.device, self.step)
+            self.runlog.final_eval(result.eval, self.step)
         if self.is_main:
             runstate.write_json(self.run_dir / "train_summary.json", {
                 "steps": self.step, "epochs": self.epoch, "final_loss": self.last_loss,
@@ -413,10 +430,3 @@ class Trainer:
                 self._log({"step": self.step, "epoch": self.epoch, "train_s": train_s, **acc})
             if self.world_size > 1:
                 dist.barrier()
-
-    def _final_eval(self) -> dict[str, Any] | None:
-        if self.evaluation is None:
-            return None
-        result = self.evaluation.final(self.method, self.device, self.step)
-        self.runlog.final_eval(result, self.step)
-        return result

@@ -40,6 +40,7 @@ batch comes out as canvases and sizes already on that device.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -52,6 +53,14 @@ from ssl_zoo.errors import DataError
 
 LOADER_PREFETCH = 4
 """Batches each loader worker prepares ahead (DataLoader ``prefetch_factor``)."""
+
+
+def _ignore_stop_signals(_worker_id: int) -> None:
+    """Loader workers leave SIGTERM / SIGINT / SIGUSR1 to the training process (a cluster or a
+    terminal signals the whole process group): it stops cleanly after its step, and its
+    workers with it."""
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 LOADER_PREFETCH_VIEWS = 2
@@ -247,7 +256,7 @@ class BatchLoader:
             self._workers = DataLoader(
                 batches, batch_sampler=self._sampler, num_workers=self.num_workers,
                 collate_fn=_as_is, pin_memory=pin_memory, persistent_workers=True,
-                prefetch_factor=prefetch)
+                prefetch_factor=prefetch, worker_init_fn=_ignore_stop_signals)
 
     def _iterate_encoded(self, batches: list[torch.Tensor]) -> Iterator[tuple]:
         """Batches read as bytes (in the workers, or here) and decoded on ``decode_on``."""

@@ -8,12 +8,11 @@ into a ``.npy`` file instead of memory and come back memory-mapped (a read-only
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 from pathlib import Path
-
-import contextlib
 
 import numpy as np
 import torch
@@ -23,7 +22,6 @@ from torch import nn
 from ssl_zoo.checkpoint import atomic_torch_save, safe_load
 from ssl_zoo.data.loader import BatchLoader
 from ssl_zoo.data.views import eval_view
-
 
 MEMMAP_ABOVE_BYTES = 2 << 30
 """Cached float32 features above this size are memory-mapped from disk, not held in memory."""
