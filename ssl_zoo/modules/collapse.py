@@ -17,12 +17,13 @@ import torch
 from ssl_zoo.modules import distributed as D
 
 
-def prototype_usage(codes: torch.Tensor) -> torch.Tensor:
+def prototype_usage(codes: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """How many of the (N, K) ``codes``' rows pick each prototype by argmax: (K,) float32,
-    counted with ``index_add_`` (a bincount without a device sync)."""
+    counted with ``index_add_`` (a bincount without a device sync); ``weights`` (N,) count
+    rows partly or not at all (0: a row that is not a sample)."""
     top = codes.argmax(dim=1)
-    return torch.zeros(codes.shape[1], device=codes.device).index_add_(
-        0, top, torch.ones_like(top, dtype=torch.float32))
+    ones = torch.ones_like(top, dtype=torch.float32) if weights is None else weights.float()
+    return torch.zeros(codes.shape[1], device=codes.device).index_add_(0, top, ones)
 
 
 class CollapseMonitor:
@@ -31,7 +32,10 @@ class CollapseMonitor:
     The indicators (device tensors): ``loss_over_lnK`` (a loss at ln K, the cross-entropy of
     uniform predictions, means nothing is learned), ``prototypes_used`` by the hard (argmax)
     codes, ``code_entropy`` (normalised entropy of that usage: 1 even, 0 one prototype) and
-    ``code_max`` (mean top code; 1/K when the codes are uniform).
+    ``code_max`` (mean top code; 1/K when the codes are uniform). With a queue,
+    ``prototypes_used_with_queue`` counts the prototypes picked by any row of the assignment
+    problems (the queue's embeddings and the batch, of all ranks): the batch alone then uses
+    fewer by construction, as the equipartition spreads over batch + queue.
 
     The entropy of the *mean soft code* would say nothing: Sinkhorn makes it near uniform by
     construction, even when all samples are identical, so usage counts argmaxes. A collapse to
@@ -58,17 +62,29 @@ class CollapseMonitor:
         """A run (or a resumed run) starts at ``step``: streaks count from here."""
         self.last_log_step = step
 
-    def metrics(self, loss: torch.Tensor, codes: Sequence[torch.Tensor]
-                ) -> dict[str, torch.Tensor]:
-        """The indicators of one step, as device tensors, from its ``loss`` (0-d) and the codes
-        (B, K) of each assigned crop."""
+    def metrics(self, loss: torch.Tensor, codes: Sequence[torch.Tensor],
+                queue_codes: Sequence[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """The indicators of one step, as device tensors, from its ``loss`` (0-d), the codes
+        (B, K) of each assigned crop and, for a method with a queue, the codes of this rank's
+        queue rows in use (rows of 0 for slots without an embedding; none before the queue is
+        used). Distributed, the count with the queue sums over ranks (a collective: every rank
+        computes metrics on the same steps)."""
         q = torch.cat(list(codes)).detach()
         self.possible_used = min(self.num_prototypes, codes[0].shape[0])
         counts = prototype_usage(q)
         usage = counts / counts.sum()
         entropy = -(usage * torch.log(usage.clamp_min(1e-30))).sum() / self.ln_k
-        return {"loss_over_lnK": loss.detach() / self.ln_k, "prototypes_used": (counts > 0).sum(),
-                "code_entropy": entropy, "code_max": q.max(dim=1).values.mean()}
+        out = {"loss_over_lnK": loss.detach() / self.ln_k, "prototypes_used": (counts > 0).sum(),
+               "code_entropy": entropy, "code_max": q.max(dim=1).values.mean()}
+        if queue_codes is not None:
+            queued = [r.detach() for r in queue_codes]
+            rows = sum(r.shape[0] for r in queued)
+            if rows:
+                rows_q = torch.cat(queued)
+                counts = counts + prototype_usage(rows_q, weights=rows_q.sum(dim=1) > 0.5)
+            self.possible_used = min(self.num_prototypes, codes[0].shape[0] + rows // len(codes))
+            out["prototypes_used_with_queue"] = (D.all_reduce_sum(counts.clone()) > 0).sum()
+        return out
 
     def observe(self, step: int, metrics: dict[str, float]) -> None:
         """Warn once if the loss has stayed at ln K, or usage at <= 2 prototypes, for
@@ -79,7 +95,8 @@ class CollapseMonitor:
         since = max(1, step - self.last_log_step)
         self.last_log_step = step
         at_ln_k = abs(metrics["loss_over_lnK"] - 1) < 0.003  # collapsed runs sit at ln K
-        few = metrics["prototypes_used"] <= 2 and self.possible_used > 4
+        used = metrics.get("prototypes_used_with_queue", metrics["prototypes_used"])
+        few = used <= 2 and self.possible_used > 4
         self.streaks = [s + since if bad else 0 for s, bad in zip(self.streaks, (at_ln_k, few))]
         loss_streak, usage_streak = self.streaks
         if max(loss_streak, usage_streak) < self.patience_iters:
