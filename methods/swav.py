@@ -277,6 +277,27 @@ class SwAVConfig(MethodConfig):
             )
 
 
+def collapse_remedies(c: SwAVConfig) -> list[str]:
+    """The official README's workarounds for a loss stuck at ln K ("Common Issues") that this
+    config has not applied yet, as settings to change."""
+    out = []
+    if c.epsilon > 0.03:
+        out.append(f"a lower epsilon (method.epsilon=0.03, now {c.epsilon})")
+    if c.learn_prototypes and c.freeze_prototypes_iters == 0:
+        out.append("freeze the prototypes for the first iterations "
+                   "(method.freeze_prototypes_iters)")
+    if c.hard_assignment_iters == 0:
+        out.append("hard assignments for the first iterations (method.hard_assignment_iters)")
+    out.append("a simpler problem: fewer crops or softer augmentation (views.groups.*)")
+    return out
+
+
+def queue_remedies(c: SwAVConfig) -> list[str]:
+    """The official README's fixes for training made worse by the queue."""
+    return [f"a shorter queue (method.queue_length, now {c.queue_length})",
+            f"start it later (method.queue_start_epoch, now {c.queue_start_epoch})"]
+
+
 # --------------------------------------------------------------------------------------------
 # the method
 # --------------------------------------------------------------------------------------------
@@ -311,7 +332,8 @@ class SwAV(Method):
             c.num_prototypes, c.collapse_patience_iters, method="SwAV",
             advice="On small data, fewer prototypes (method.num_prototypes 30-100), a lower "
                    "epsilon (0.03) and Adam learned in our measurements, while SGD with 100+ "
-                   "prototypes stayed at ln K.")
+                   "prototypes stayed at ln K.",
+            remedies=collapse_remedies(c), queue_remedies=queue_remedies(c))
 
     @classmethod
     def default_views(cls, config: SwAVConfig, image_size: int) -> ViewSpec:

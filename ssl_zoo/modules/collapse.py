@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections import deque
 from collections.abc import Sequence
 
 import torch
@@ -45,7 +46,8 @@ class CollapseMonitor:
     """
 
     def __init__(self, num_prototypes: int, patience_iters: int, *, method: str,
-                 advice: str = ""):
+                 advice: str = "", remedies: Sequence[str] = (),
+                 queue_remedies: Sequence[str] = ()):
         if num_prototypes < 2:
             raise ValueError(f"num_prototypes must be >= 2, got {num_prototypes}")
         self.num_prototypes = num_prototypes
@@ -53,6 +55,13 @@ class CollapseMonitor:
         self.patience_iters = patience_iters
         self.method = method
         self.advice = advice
+        self.remedies = list(remedies)  # what fits this run, for a collapse
+        self.queue_remedies = list(queue_remedies)  # for a loss the queue made worse
+        self.before_queue: deque[float] = deque(maxlen=3)  # last logged loss / ln K without it
+        self.with_queue: deque[float] = deque(maxlen=3)  # and the latest with it
+        self.queue_start_step: int | None = None
+        self.queue_loss_change: float | None = None  # loss (not / ln K) change, once judged
+        self.queue_warned = False
         self.possible_used = num_prototypes  # prototypes the hard codes of a batch can reach
         self.streaks = [0, 0]  # iterations with (loss at ln K, usage <= 2)
         self.last_log_step = 0
@@ -87,13 +96,22 @@ class CollapseMonitor:
         return out
 
     def observe(self, step: int, metrics: dict[str, float]) -> None:
-        """Warn once if the loss has stayed at ln K, or usage at <= 2 prototypes, for
-        ``patience_iters`` iterations, judged from the logged values at ``step`` (a streak
-        counts the iterations since the first log that saw it); rank 0 warns."""
-        if self.patience_iters <= 0 or self.warned or "loss_over_lnK" not in metrics:
+        """Judge the logged values at ``step``; rank 0 warns, each warning once per run.
+
+        Collapse: the loss has stayed at ln K, or usage at <= 2 prototypes (over batch + queue
+        when there is a queue), for ``patience_iters`` iterations (a streak counts the
+        iterations since the first log that saw it). The queue (``queue_in_use`` logged): the
+        loss should be lower once the queue is used than before (official SwAV README, "Common
+        Issues"); ``patience_iters`` iterations after it came into use, the mean of the last
+        three logged losses is compared with the last three before, and a rise is warned about.
+        """
+        if self.patience_iters <= 0 or "loss_over_lnK" not in metrics:
             return
         since = max(1, step - self.last_log_step)
         self.last_log_step = step
+        self._judge_queue(step, metrics)
+        if self.warned:
+            return
         at_ln_k = abs(metrics["loss_over_lnK"] - 1) < 0.003  # collapsed runs sit at ln K
         used = metrics.get("prototypes_used_with_queue", metrics["prototypes_used"])
         few = used <= 2 and self.possible_used > 4
@@ -106,8 +124,45 @@ class CollapseMonitor:
             return
         what = (f"the loss has stayed at ln K = {self.ln_k:.3f}"
                 if loss_streak >= self.patience_iters else "at most 2 prototypes have been used")
+        where = " over batch + queue" if "prototypes_used_with_queue" in metrics else ""
+        seen = (f"loss / ln K {metrics['loss_over_lnK']:.3f}, {used:.0f} of "
+                f"{self.num_prototypes} prototypes used{where}")
+        if "code_entropy" in metrics:
+            seen += f", code entropy {metrics['code_entropy']:.2f}"
+        fixes = (" The official SwAV README's remedies that fit this run: "
+                 + "; ".join(self.remedies) + ".") if self.remedies else ""
         warnings.warn(
-            f"{self.method} may have collapsed: {what} for {self.patience_iters} iterations."
-            + (f" {self.advice}" if self.advice else ""),
+            f"{self.method} may have collapsed: {what} for {self.patience_iters} iterations "
+            f"({seen}).{fixes}" + (f" {self.advice}" if self.advice else ""),
             RuntimeWarning, stacklevel=3,
+        )
+
+    def _judge_queue(self, step: int, metrics: dict[str, float]) -> None:
+        if "queue_in_use" not in metrics or self.queue_loss_change is not None:
+            return
+        ratio = metrics["loss_over_lnK"]
+        if metrics["queue_in_use"] < 0.5:
+            self.before_queue.append(ratio)
+            return
+        if self.queue_start_step is None:
+            self.queue_start_step = step
+        self.with_queue.append(ratio)
+        if step - self.queue_start_step < self.patience_iters or not self.before_queue:
+            return
+        before = sum(self.before_queue) / len(self.before_queue)
+        after = sum(self.with_queue) / len(self.with_queue)
+        self.queue_loss_change = (after - before) * self.ln_k
+        if self.queue_loss_change <= 0:
+            return
+        self.queue_warned = True
+        if D.get_rank() != 0:
+            return
+        fixes = (" Remedies of the official SwAV README: " + "; ".join(self.queue_remedies)
+                 + ".") if self.queue_remedies else ""
+        warnings.warn(
+            f"{self.method}: the loss is {self.queue_loss_change:.3f} higher "
+            f"{step - self.queue_start_step} iterations after the queue came into use (iteration "
+            f"{self.queue_start_step}) than before it (mean of the last 3 logs each); with a "
+            f"queue it should be lower.{fixes}",
+            RuntimeWarning, stacklevel=4,
         )

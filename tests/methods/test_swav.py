@@ -793,3 +793,18 @@ def test_metrics_that_cost_time_are_computed_on_log_steps_only():
     ctx.log_step = True
     logged = model(make_views())
     assert {"loss_over_lnK", "prototypes_used", "code_entropy", "code_max"} <= set(logged.metrics)
+
+
+def test_collapse_remedies_fit_the_config():
+    from methods.swav import collapse_remedies, queue_remedies
+
+    paper = collapse_remedies(SwAVConfig(epsilon=0.05))
+    assert any("method.epsilon=0.03" in r for r in paper)
+    assert any("freeze_prototypes_iters" in r for r in paper)
+    tuned = collapse_remedies(SwAVConfig(epsilon=0.03, freeze_prototypes_iters=300,
+                                         hard_assignment_iters=10))
+    assert tuned == ["a simpler problem: fewer crops or softer augmentation (views.groups.*)"]
+    q = queue_remedies(SwAVConfig(queue_length=3840, queue_start_epoch=15))
+    assert "now 3840" in q[0] and "now 15" in q[1]
+    model = make_model(collapse_patience_iters=5, epsilon=0.05)
+    assert model.monitor.remedies == collapse_remedies(model.config)
