@@ -188,7 +188,8 @@ class Trainer:
         self.model: nn.Module = self.method
         if self.world_size > 1:
             if t.sync_bn:
-                self.method = nn.SyncBatchNorm.convert_sync_batchnorm(self.method)
+                self.method = nn.SyncBatchNorm.convert_sync_batchnorm(
+                    self.method, process_group=D.sync_bn_process_group(t.sync_bn_group_size))
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)
                 self.model = nn.parallel.DistributedDataParallel(
@@ -344,7 +345,7 @@ class Trainer:
         host at the next log step (:class:`~ssl_zoo.nonfinite.NonFiniteGuard`)."""
         t = self.cfg.train
         lr = warmup_cosine(self.step, self.total_steps, self.warmup_steps, self.peak_lr,
-                           self.peak_lr * t.final_lr_ratio)
+                           self.peak_lr * t.final_lr_ratio, self.peak_lr * t.warmup_start_lr_ratio)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         torch.manual_seed(step_seed(t.seed, self.step, self.rank))
