@@ -73,7 +73,7 @@ def _log_sum_over_samples(log_q: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def sinkhorn(scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 3,
-             use_float64: bool = False) -> torch.Tensor:
+             use_float64: bool = False, valid: torch.Tensor | None = None) -> torch.Tensor:
     """Soft codes (B, K), rows summing to 1, from scores (B, K) by Sinkhorn-Knopp with
     equipartition of the batch among the K prototypes (SwAV Sec. 3.1 Eq. 3, App. A.1 Alg. 1).
 
@@ -87,6 +87,10 @@ def sinkhorn(scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 3,
     would be exact too, but a per-prototype max is as exact (a per-prototype factor is absorbed
     by the per-prototype normalisation) and, unlike a multiplicative iteration, the log domain
     cannot underflow at small ``epsilon``.
+
+    ``valid`` (B,) bool, on the device: only these rows take part (B counts them); the others
+    get codes of 0. The same codes as Sinkhorn on the valid rows alone, with no data-dependent
+    shape (SwAV's queue slots that hold no embedding yet).
 
     Distributed: the per-prototype sums (and their shifts: all-reduce MAX) run over the rows of
     all ranks, the per-sample sums stay local, and B is the sum of the ranks' row counts, so
@@ -102,7 +106,16 @@ def sinkhorn(scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 3,
     dtype = torch.float64 if use_float64 else torch.float32
     with torch.autocast(scores.device.type, enabled=False):
         log_q = scores.detach().to(dtype) / epsilon
-        if D.is_distributed():  # global B: the sum of the ranks' rows
+        left_out = None
+        if valid is not None:  # rows left out hold log 0 = -inf: no mass in any sum
+            if valid.shape != log_q.shape[:1]:
+                raise ValueError(f"valid {tuple(valid.shape)} does not fit scores "
+                                 f"{tuple(log_q.shape)}")
+            left_out = ~valid.reshape(-1, 1)
+            log_q = log_q.masked_fill(left_out, -math.inf)
+            n_rows = D.all_reduce_sum(valid.sum().to(torch.float64))  # global B: valid rows
+            log_n = torch.log(n_rows).to(dtype)
+        elif D.is_distributed():  # global B: the sum of the ranks' rows
             n_rows = torch.full((), float(log_q.shape[0]), dtype=dtype, device=log_q.device)
             log_n = torch.log(D.all_reduce_sum(n_rows))
         else:
@@ -110,7 +123,10 @@ def sinkhorn(scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 3,
         log_k = math.log(log_q.shape[1])
         for _ in range(iterations):
             log_q = log_q - (_log_sum_over_samples(log_q) + log_k)  # each prototype: 1/K
-            log_q = log_q - (torch.logsumexp(log_q, dim=1, keepdim=True) + log_n)  # each: 1/B
+            per_sample = torch.logsumexp(log_q, dim=1, keepdim=True)
+            if left_out is not None:  # -inf rows stay -inf (not -inf - -inf = nan)
+                per_sample = per_sample.masked_fill(left_out, 0.0)
+            log_q = log_q - (per_sample + log_n)  # each sample: 1/B
         return torch.exp(log_q + log_n)
 
 
@@ -261,6 +277,27 @@ class SwAVConfig(MethodConfig):
             )
 
 
+def collapse_remedies(c: SwAVConfig) -> list[str]:
+    """The official README's workarounds for a loss stuck at ln K ("Common Issues") that this
+    config has not applied yet, as settings to change."""
+    out = []
+    if c.epsilon > 0.03:
+        out.append(f"a lower epsilon (method.epsilon=0.03, now {c.epsilon})")
+    if c.learn_prototypes and c.freeze_prototypes_iters == 0:
+        out.append("freeze the prototypes for the first iterations "
+                   "(method.freeze_prototypes_iters)")
+    if c.hard_assignment_iters == 0:
+        out.append("hard assignments for the first iterations (method.hard_assignment_iters)")
+    out.append("a simpler problem: fewer crops or softer augmentation (views.groups.*)")
+    return out
+
+
+def queue_remedies(c: SwAVConfig) -> list[str]:
+    """The official README's fixes for training made worse by the queue."""
+    return [f"a shorter queue (method.queue_length, now {c.queue_length})",
+            f"start it later (method.queue_start_epoch, now {c.queue_start_epoch})"]
+
+
 # --------------------------------------------------------------------------------------------
 # the method
 # --------------------------------------------------------------------------------------------
@@ -295,7 +332,8 @@ class SwAV(Method):
             c.num_prototypes, c.collapse_patience_iters, method="SwAV",
             advice="On small data, fewer prototypes (method.num_prototypes 30-100), a lower "
                    "epsilon (0.03) and Adam learned in our measurements, while SGD with 100+ "
-                   "prototypes stayed at ln K.")
+                   "prototypes stayed at ln K.",
+            remedies=collapse_remedies(c), queue_remedies=queue_remedies(c))
 
     @classmethod
     def default_views(cls, config: SwAVConfig, image_size: int) -> ViewSpec:
@@ -337,28 +375,39 @@ class SwAV(Method):
         with torch.autocast(z.device.type, enabled=False):
             return F.normalize(z.float(), dim=1)
 
-    def _queue_rows(self, queue: FeatureQueue) -> torch.Tensor:
-        """This rank's share of the (globally identical) queue for the distributed Sinkhorn:
-        consecutive slices whose sizes differ by at most one row (Sinkhorn allows unequal
-        shares), so any queue length works with any number of processes."""
-        return queue.features.tensor_split(D.get_world_size())[D.get_rank()]
+    def _queue_rows(self, queue: FeatureQueue) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's share of the (globally identical) queue for the distributed Sinkhorn,
+        embeddings and ``written`` flags: consecutive slices whose sizes differ by at most one
+        row (Sinkhorn allows unequal shares), so any queue length works with any number of
+        processes."""
+        world, rank = D.get_world_size(), D.get_rank()
+        return (queue.features.tensor_split(world)[rank],
+                queue.written.tensor_split(world)[rank])
 
     @torch.no_grad()
     def compute_codes(self, scores: torch.Tensor, queue: FeatureQueue | None = None
-                      ) -> torch.Tensor:
-        """Codes (B, K) of a batch's scores; with a full queue, the last B rows of Sinkhorn on
-        [queue scores; batch scores], the queue re-scored with the current prototypes."""
+                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Codes (B, K) of a batch's scores, and the codes of this rank's queue rows (None
+        without a queue in use). With a full queue the codes come from one Sinkhorn problem on
+        [queue scores; batch scores], the queue re-scored with the current prototypes; slots
+        that hold no embedding (a step skipped during the fill left its initial random vector)
+        take no part and get code rows of 0. Deviation: the official code has no such slots to
+        leave out, as it has no skipped steps."""
         c = self.config
-        rows = scores.detach()
+        rows, valid = scores.detach(), None
         if queue is not None and queue.is_full:
+            features, written = self._queue_rows(queue)
             with torch.autocast(rows.device.type, enabled=False):
-                queued = self.prototypes(self._queue_rows(queue).float())
+                queued = self.prototypes(features.float())
             rows = torch.cat([queued.to(rows.dtype), rows])
-        codes = sinkhorn(rows, c.epsilon, c.sinkhorn_iterations, c.sinkhorn_float64)
-        codes = codes[-scores.shape[0]:]
+            valid = torch.cat([written, written.new_ones(scores.shape[0])])
+        all_codes = sinkhorn(rows, c.epsilon, c.sinkhorn_iterations, c.sinkhorn_float64,
+                             valid=valid)
+        b = scores.shape[0]
+        codes = all_codes[-b:]
         if self.iteration < c.hard_assignment_iters:
             codes = torch.zeros_like(codes).scatter_(1, codes.argmax(dim=1, keepdim=True), 1.0)
-        return codes
+        return codes, (all_codes[:-b] if valid is not None else None)
 
     # --- the step -------------------------------------------------------------------------------
     def forward(self, views: Views) -> StepOutput:
@@ -376,9 +425,9 @@ class SwAV(Method):
 
         use_queues = len(self.queues) > 0
         queue_in_use = use_queues and self.queues[0].is_full
-        codes = [self.compute_codes(scores_per_crop[crop],
-                                    self.queues[j] if use_queues else None)
-                 for j, crop in enumerate(c.crops_for_assign)]
+        codes, queue_codes = zip(*[self.compute_codes(scores_per_crop[crop],
+                                                      self.queues[j] if use_queues else None)
+                                   for j, crop in enumerate(c.crops_for_assign)])
         # after use, this batch enters the queue: in after_optimizer_step, once the step is
         # known to be finite
         self._pending = ([z_per_crop[crop] for crop in c.crops_for_assign]
@@ -389,7 +438,9 @@ class SwAV(Method):
                                        c.temperature)
         metrics: dict[str, Any] = {"ln_k": math.log(c.num_prototypes)}
         if self._ctx.log_step:
-            metrics.update(self.monitor.metrics(loss, codes))
+            metrics.update(self.monitor.metrics(
+                loss, codes, queue_codes=[q for q in queue_codes if q is not None]
+                if use_queues else None))
         if use_queues:
             metrics["queue_in_use"] = float(queue_in_use)
         debug = {"scores": scores.detach(), "embeddings": z.detach(),

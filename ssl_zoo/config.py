@@ -59,6 +59,9 @@ class TrainConfig:
     """Linear warm-up from 0 to the peak rate, then cosine decay, set per iteration."""
     final_lr_ratio: float = 0.0
     """Learning rate at the end of the cosine, as a fraction of the peak."""
+    warmup_start_lr_ratio: float = 0.0
+    """Learning rate of the first warm-up iteration, as a fraction of the peak; > 0: a linear
+    ramp from it to the peak, as the official SwAV --start_warmup (0.3 / 4.8 = 0.0625)."""
     amp: str = "auto"
     """Mixed precision: auto (bf16 on CUDA, off on CPU), off, bf16, fp16 (CUDA only)."""
     seed: int = 0
@@ -102,6 +105,9 @@ class TrainConfig:
     step or checkpoint (at most log_every_iters later), and stops or warns there."""
     sync_bn: bool = False
     """Convert batch norm to SyncBatchNorm when distributed."""
+    sync_bn_group_size: int = 0
+    """Processes whose batches SyncBatchNorm normalises together (consecutive ranks; it must
+    divide the number of processes); 0: all of them. The official SwAV 800-epoch run: 8."""
     max_steps: int = 0
     """Stop after this many optimiser steps (0: no limit); for smoke tests."""
     compile: bool = False
@@ -386,6 +392,8 @@ def validate_run_config(cfg: RunConfig) -> None:
         (t.warmup_epochs >= 0, "train.warmup_epochs must be >= 0"),
         (t.warmup_epochs <= t.epochs, "train.warmup_epochs must not exceed train.epochs"),
         (0 <= t.final_lr_ratio <= 1, "train.final_lr_ratio must be in [0, 1]"),
+        (0 <= t.warmup_start_lr_ratio <= 1, "train.warmup_start_lr_ratio must be in [0, 1]"),
+        (t.sync_bn_group_size >= 0, "train.sync_bn_group_size must be >= 0 (0: all processes)"),
         (t.num_workers >= 0, "train.num_workers must be >= 0"),
         (t.log_every_iters >= 1, "train.log_every_iters must be >= 1"),
         (t.checkpoint_every_iters >= 0, "train.checkpoint_every_iters must be >= 0"),

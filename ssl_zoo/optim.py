@@ -184,13 +184,18 @@ def build_optimizer(name: str, named_params, lr: float, weight_decay: float, mom
 
 
 def warmup_cosine(step: int, total_steps: int, warmup_steps: int, peak_lr: float,
-                  final_lr: float = 0.0) -> float:
-    """Learning rate at iteration ``step``: linear warm-up from 0, then cosine to ``final_lr``.
+                  final_lr: float = 0.0, start_lr: float = 0.0) -> float:
+    """Learning rate at iteration ``step``: linear warm-up, then cosine to ``final_lr``.
 
-    Warm-up reaches ``peak_lr`` at iteration ``warmup_steps``; the cosine then ends at
-    ``final_lr`` on the last iteration (``total_steps - 1``), as in the SwAV official schedule.
+    Warm-up reaches ``peak_lr`` at iteration ``warmup_steps - 1``: from ``start_lr`` at
+    iteration 0 (the official SwAV schedule, ``np.linspace(start_warmup, base_lr, W)``), or,
+    with ``start_lr`` 0, from ``peak_lr / warmup_steps`` (no iteration at rate 0). The cosine
+    then ends at ``final_lr`` on the last iteration (``total_steps - 1``), as the official one.
     """
     if warmup_steps > 0 and step < warmup_steps:
+        if start_lr > 0:
+            frac = step / (warmup_steps - 1) if warmup_steps > 1 else 1.0
+            return start_lr + (peak_lr - start_lr) * frac
         return peak_lr * (step + 1) / warmup_steps
     decay_steps = max(1, total_steps - warmup_steps - 1)
     t = min(1.0, (step - warmup_steps) / decay_steps)

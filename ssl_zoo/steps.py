@@ -160,7 +160,8 @@ def place_method(method: Method, t: TrainConfig, device: torch.device, world_siz
     if world_size == 1:
         return method, method, channels_last
     if t.sync_bn:
-        method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
+        method = nn.SyncBatchNorm.convert_sync_batchnorm(
+            method, process_group=D.sync_bn_process_group(t.sync_bn_group_size))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         model = nn.parallel.DistributedDataParallel(

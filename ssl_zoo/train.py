@@ -220,7 +220,8 @@ class Trainer:
         t, label = self.cfg.train, steps.phase_labels()
         with label("zoo:hooks"):
             lr = warmup_cosine(self.step, self.total_steps, self.warmup_steps, self.peak_lr,
-                               self.peak_lr * t.final_lr_ratio)
+                               self.peak_lr * t.final_lr_ratio,
+                               self.peak_lr * t.warmup_start_lr_ratio)
             steps.set_lr(self.optimizer, lr)
             set_weight_decay(self.optimizer, weight_decay_at(
                 self.step, self.total_steps, t.weight_decay, t.weight_decay_end))

@@ -159,3 +159,21 @@ def test_a_skipped_first_step_then_a_good_one_equals_the_good_one_alone(name):
 
     for a, b in zip(run(True), run(False)):
         torch.testing.assert_close(a, b)
+
+
+def test_warmup_from_a_start_lr_is_the_official_linspace():
+    """main_swav.py: np.linspace(start_warmup, base_lr, W) over the warm-up iterations, then the
+    cosine from base_lr to final_lr over the rest."""
+    import numpy as np
+
+    peak, start, final, w, total = 4.8, 0.3, 0.0048, 7, 20
+    official = np.concatenate([
+        np.linspace(start, peak, w),
+        [final + 0.5 * (peak - final) * (1 + math.cos(math.pi * t / (total - w)))
+         for t in range(total - w)]])
+    ours = [warmup_cosine(s, total, w, peak, final, start_lr=start) for s in range(total)]
+    np.testing.assert_allclose(ours[:w], official[:w], rtol=1e-12)
+    assert ours[0] == start and ours[w - 1] == pytest.approx(peak)
+    assert ours[w] == pytest.approx(peak) and ours[-1] == pytest.approx(final)
+    # no start lr: the ramp as before (first step peak / W)
+    assert warmup_cosine(0, total, w, peak, final) == pytest.approx(peak / w)

@@ -83,3 +83,93 @@ def test_swav_vit_recipe_has_dinos_optimiser_and_swavs_method():
     cpu = resolve(load_files(["recipes/swav/cpu-demo-vit.yaml"]), [], open_data=False)
     assert cpu.config.backbone_args["patch_size"] == 4 and cpu.image_size == 32
     assert [(g.count, g.size) for g in cpu.view_spec.groups] == [(2, 32), (4, 16)]
+
+
+# --------------------------------------------------------------------------------------------
+# SwAV's recipes against the official scripts' command lines
+# --------------------------------------------------------------------------------------------
+# Copies of the arguments main_swav.py gets in facebookresearch/swav's scripts/ (commit
+# 06b1b7c; the --data_path / --dist_url / --dump_path lines left out), with the script's GPU
+# count (#SBATCH --gpus). Flags the scripts do not pass take main_swav.py's argparse defaults
+# (OFFICIAL_DEFAULTS). In main_swav.py the optimiser is LARC(SGD(model.parameters(), momentum
+# 0.9, weight_decay=wd), trust_coefficient=0.001, clip=False): every parameter is decayed and
+# adapted, batch norm and biases included.
+OFFICIAL = {
+    "swav_800ep_pretrain.sh": (64, "swav/imagenet-bs4096.yaml", """
+        --nmb_crops 2 6 --size_crops 224 96 --min_scale_crops 0.14 0.05
+        --max_scale_crops 1. 0.14 --crops_for_assign 0 1 --temperature 0.1 --epsilon 0.05
+        --sinkhorn_iterations 3 --feat_dim 128 --nmb_prototypes 3000 --queue_length 0
+        --epochs 800 --batch_size 64 --base_lr 4.8 --final_lr 0.0048
+        --freeze_prototypes_niters 313 --wd 0.000001 --warmup_epochs 10 --start_warmup 0.3
+        --arch resnet50 --use_fp16 true --sync_bn apex"""),
+    "swav_400ep_bs256_pretrain.sh": (4, "swav/imagenet-bs256.yaml", """
+        --nmb_crops 2 6 --size_crops 224 96 --min_scale_crops 0.14 0.05
+        --max_scale_crops 1. 0.14 --crops_for_assign 0 1 --temperature 0.1 --epsilon 0.05
+        --sinkhorn_iterations 3 --feat_dim 128 --nmb_prototypes 3000 --queue_length 3840
+        --epoch_queue_starts 15 --epochs 400 --batch_size 64 --base_lr 0.6 --final_lr 0.0006
+        --freeze_prototypes_niters 5005 --wd 0.000001 --warmup_epochs 0 --arch resnet50
+        --use_fp16 true --sync_bn pytorch"""),
+    "swav_200ep_bs256_pretrain.sh": (4, "swav/imagenet-bs256-200ep.yaml", """
+        --nmb_crops 2 6 --size_crops 224 96 --min_scale_crops 0.14 0.05
+        --max_scale_crops 1. 0.14 --crops_for_assign 0 1 --temperature 0.1 --epsilon 0.05
+        --sinkhorn_iterations 3 --feat_dim 128 --nmb_prototypes 3000 --queue_length 3840
+        --epoch_queue_starts 15 --epochs 200 --batch_size 64 --base_lr 0.6 --final_lr 0.0006
+        --freeze_prototypes_niters 5005 --wd 0.000001 --warmup_epochs 0 --arch resnet50
+        --use_fp16 true --sync_bn pytorch"""),
+}
+OFFICIAL_DEFAULTS = {"start_warmup": ["0"], "syncbn_process_group_size": ["8"],
+                     "hidden_mlp": ["2048"], "epoch_queue_starts": ["15"]}
+
+
+def parse_command_line(text: str) -> dict[str, list[str]]:
+    """``--flag v1 v2 ...`` tokens -> {flag: [values]}, over main_swav.py's defaults."""
+    args, flag = dict(OFFICIAL_DEFAULTS), None
+    for token in text.split():
+        if token.startswith("--"):
+            flag = token[2:]
+            args[flag] = []
+        else:
+            args[flag].append(token)
+    return args
+
+
+@pytest.mark.parametrize("script", sorted(OFFICIAL))
+def test_swav_recipes_equal_the_official_scripts(script):
+    gpus, recipe, text = OFFICIAL[script]
+    a = parse_command_line(text)
+    one = {k: v[0] for k, v in a.items()}
+    path = RECIPES[0].parents[1] / recipe
+    assert script in path.read_text() and _processes(path) == gpus
+    run = resolve(load_files([str(path)]), [], open_data=False, world_size=gpus)
+    t, m = run.config.train, run.method_config
+    global_batch = t.batch_size * gpus
+    peak = t.lr_per_256 * global_batch / 256
+    assert t.batch_size == int(one["batch_size"]) and t.epochs == int(one["epochs"])
+    assert peak == pytest.approx(float(one["base_lr"]), rel=1e-12)
+    assert peak * t.final_lr_ratio == pytest.approx(float(one["final_lr"]), rel=1e-12)
+    assert peak * t.warmup_start_lr_ratio == pytest.approx(float(one["start_warmup"]),
+                                                           abs=1e-12)
+    assert t.warmup_epochs == float(one["warmup_epochs"])
+    assert t.weight_decay == float(one["wd"]) and t.exclude_norm_and_bias is False  # scope
+    assert (t.optimizer, t.lars_eta, t.momentum) == ("lars", 0.001, 0.9)
+    assert t.amp != "off" and one["use_fp16"] == "true"
+    assert t.sync_bn
+    if one["sync_bn"] == "apex":  # groups of syncbn_process_group_size processes
+        assert t.sync_bn_group_size == int(one["syncbn_process_group_size"])
+    else:  # torch's SyncBatchNorm over every process
+        assert one["sync_bn"] == "pytorch" and t.sync_bn_group_size in (0, gpus)
+    assert run.config.backbone == one["arch"] and m.hidden_dim == int(one["hidden_mlp"])
+    assert m.freeze_prototypes_iters == int(one["freeze_prototypes_niters"])
+    assert m.queue_length == int(one["queue_length"])
+    if m.queue_length:
+        assert m.queue_start_epoch == int(one["epoch_queue_starts"])
+        assert m.queue_length % global_batch == 0  # main_swav.py would cut it otherwise
+    assert m.epsilon == float(one["epsilon"]) and m.temperature == float(one["temperature"])
+    assert m.sinkhorn_iterations == int(one["sinkhorn_iterations"])
+    assert m.feat_dim == int(one["feat_dim"]) and m.num_prototypes == int(one["nmb_prototypes"])
+    assert list(m.crops_for_assign) == [int(c) for c in a["crops_for_assign"]]
+    groups = run.view_spec.groups
+    assert [g.count for g in groups] == [int(n) for n in a["nmb_crops"]]
+    assert [g.size for g in groups] == [int(s) for s in a["size_crops"]]
+    assert [tuple(g.scale) for g in groups] == [
+        (float(lo), float(hi)) for lo, hi in zip(a["min_scale_crops"], a["max_scale_crops"])]

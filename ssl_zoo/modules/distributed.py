@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from ssl_zoo.errors import ConfigError
+
 
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
@@ -16,6 +18,24 @@ def get_rank() -> int:
 
 def get_world_size() -> int:
     return dist.get_world_size() if is_distributed() else 1
+
+
+def sync_bn_process_group(group_size: int):
+    """This rank's process group for SyncBatchNorm over groups of ``group_size`` consecutive
+    ranks (every rank creates every group, as ``dist.new_group`` requires); None: all ranks
+    (``group_size`` 0, or at least the world size, or no process group)."""
+    world = get_world_size()
+    if group_size <= 0 or group_size >= world:
+        return None
+    if world % group_size:
+        raise ConfigError(f"train.sync_bn_group_size {group_size} does not divide the "
+                         f"{world} processes")
+    mine = None
+    for first in range(0, world, group_size):
+        group = dist.new_group(list(range(first, first + group_size)))
+        if first <= get_rank() < first + group_size:
+            mine = group
+    return mine
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:

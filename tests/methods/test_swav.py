@@ -162,6 +162,27 @@ def test_sinkhorn_ignores_autocast():
     torch.testing.assert_close(got, ref, rtol=0, atol=0)
 
 
+@HYP
+@given(score_arrays, st.floats(0.02, 1.0), st.integers(1, 4), st.data())
+def test_sinkhorn_on_valid_rows_is_sinkhorn_on_those_rows_alone(arr, epsilon, iterations, data):
+    """Rows left out (queue slots without an embedding) take no mass: the other rows get the
+    paper's codes of the smaller problem, the left-out rows codes of 0."""
+    n = arr.shape[0]
+    keep = data.draw(st.lists(st.booleans(), min_size=n, max_size=n).filter(any))
+    valid = torch.tensor(keep)
+    s = torch.from_numpy(arr)
+    got = sinkhorn(s, epsilon, iterations, use_float64=True, valid=valid)
+    ref = slow_sinkhorn(s[valid], epsilon, iterations)
+    torch.testing.assert_close(got[valid], ref, rtol=1e-9, atol=1e-12)
+    assert torch.equal(got[~valid], torch.zeros_like(got[~valid]))
+    garbage = s.clone()
+    garbage[~valid] = 1e6  # whatever the left-out rows hold
+    assert torch.equal(sinkhorn(garbage, epsilon, iterations, use_float64=True, valid=valid), got)
+    everything = torch.ones(n, dtype=torch.bool)
+    torch.testing.assert_close(sinkhorn(s.float(), epsilon, iterations, valid=everything),
+                               sinkhorn(s.float(), epsilon, iterations), rtol=0, atol=0)
+
+
 def test_sinkhorn_rejects_bad_arguments():
     s = torch.zeros(3, 4)
     for kwargs in ({"epsilon": 0.0}, {"epsilon": -1.0}, {"iterations": 0}):
@@ -690,9 +711,11 @@ def test_frozen_prototypes_stay_bit_identical_through_fp16_grad_scaler_steps(tmp
     assert out.debug["scores"].dtype == torch.float32
 
 
-def test_a_skipped_step_leaves_the_queue_unchanged():
+def test_a_skipped_step_leaves_the_queue_unchanged_and_out_of_sinkhorn():
     """A step the trainer skips (non-finite loss: ctx.step_ok False) puts nothing in the queue;
-    the write position still advances, so the host's counters stay device-free."""
+    the write position still advances, so the host's counters stay device-free. The slots it
+    passed during the fill still hold their initial random vectors: once the queue is in use
+    they take no part in Sinkhorn (only real embeddings do)."""
     model = make_model(queue_length=16, queue_start_epoch=0)
     ctx = TrainContext()
     model.on_train_start(ctx)
@@ -713,6 +736,52 @@ def test_a_skipped_step_leaves_the_queue_unchanged():
     assert model.queues[0].filled_count == 16 and int(model.queues[0].ptr) == 8
     assert torch.equal(model.queues[0].features[:8], z)
     assert torch.equal(model.queues[0].features[8:], before[0][8:])
+    # the queue is full by its counters: the next step uses it, without the random slots 8-15
+    assert model.queues[0].written.tolist() == [True] * 8 + [False] * 8
+    queued = [q.features[:8].clone() for q in model.queues]
+    out = model(make_views(seed=3))
+    assert float(out.metrics["queue_in_use"]) == 1.0
+    scores = out.debug["scores"].chunk(4)
+    protos = model.prototypes.weight.detach().double()
+    for j, crop in enumerate((0, 1)):
+        expected = slow_sinkhorn(torch.cat([queued[j].double() @ protos.t(), scores[crop]]),
+                                 0.03, 3)[-8:]
+        torch.testing.assert_close(out.debug[f"codes_{j}"].double(), expected,
+                                   rtol=1e-4, atol=1e-6)
+        with_random = sinkhorn(torch.cat([model.queues[j].features @ protos.float().t(),
+                                          scores[crop]]), 0.03, 3)[-8:]
+        assert not torch.allclose(with_random.double(), expected, rtol=1e-3, atol=1e-4)
+
+
+def test_prototypes_used_with_queue_counts_batch_and_real_queue_rows():
+    """The count over every Sinkhorn row (batch and the queue's real embeddings), against a
+    slow count of the argmaxes of the full problem's codes."""
+    batch = 8
+    model = make_model(queue_length=3 * batch, queue_start_epoch=0, num_prototypes=12)
+    ctx = TrainContext()
+    model.on_train_start(ctx)
+    model.on_epoch_start(ctx)
+    for step in range(4):
+        ctx.step = step
+        ctx.step_ok = torch.tensor(step != 1)  # one skipped step during the fill
+        out = model(make_views(batch=batch, seed=step))
+        queued = [(q.features.clone(), q.written.clone()) for q in model.queues]
+        model.after_optimizer_step(ctx)
+    assert float(out.metrics["queue_in_use"]) == 1.0
+    scores = out.debug["scores"].chunk(4)
+    protos = model.prototypes.weight.detach()
+    picked = set()
+    for j, crop in enumerate((0, 1)):
+        feats, written = queued[j]
+        rows = torch.cat([feats[written] @ protos.t(), scores[crop]])
+        codes = slow_sinkhorn(rows, 0.03, 3)
+        picked |= {int(row.argmax()) for row in codes}
+    assert int(out.metrics["prototypes_used_with_queue"]) == len(picked)
+    batch_only = {int(r.argmax()) for r in codes_of(out).reshape(-1, 12)}
+    assert int(out.metrics["prototypes_used"]) == len(batch_only) <= len(picked)
+    first = make_model(queue_length=3 * batch, queue_start_epoch=0)(make_views())
+    assert int(first.metrics["prototypes_used_with_queue"]) == int(
+        first.metrics["prototypes_used"])  # before the queue is used: the batch alone
 
 
 def test_metrics_that_cost_time_are_computed_on_log_steps_only():
@@ -724,3 +793,18 @@ def test_metrics_that_cost_time_are_computed_on_log_steps_only():
     ctx.log_step = True
     logged = model(make_views())
     assert {"loss_over_lnK", "prototypes_used", "code_entropy", "code_max"} <= set(logged.metrics)
+
+
+def test_collapse_remedies_fit_the_config():
+    from methods.swav import collapse_remedies, queue_remedies
+
+    paper = collapse_remedies(SwAVConfig(epsilon=0.05))
+    assert any("method.epsilon=0.03" in r for r in paper)
+    assert any("freeze_prototypes_iters" in r for r in paper)
+    tuned = collapse_remedies(SwAVConfig(epsilon=0.03, freeze_prototypes_iters=300,
+                                         hard_assignment_iters=10))
+    assert tuned == ["a simpler problem: fewer crops or softer augmentation (views.groups.*)"]
+    q = queue_remedies(SwAVConfig(queue_length=3840, queue_start_epoch=15))
+    assert "now 3840" in q[0] and "now 15" in q[1]
+    model = make_model(collapse_patience_iters=5, epsilon=0.05)
+    assert model.monitor.remedies == collapse_remedies(model.config)

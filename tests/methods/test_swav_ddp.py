@@ -73,6 +73,9 @@ def _worker(rank: int, tmp: str, payload: dict) -> None:
             "codes64": sinkhorn(mine.double(), 0.05, 3, use_float64=True),
             # a large offset on one rank only: the shifts must agree across ranks
             "codes_shifted": sinkhorn(mine + (30.0 if rank == 0 else 0.0), 0.01, 3),
+            # rows left out (queue slots without an embedding) on both ranks
+            "codes_masked": sinkhorn(mine, 0.05, 3, valid=(payload["valid"][:cut] if rank == 0
+                                                           else payload["valid"][cut:])),
         }
         model = build_model()
         model.load_state_dict(payload["state"])
@@ -91,7 +94,9 @@ def test_two_gloo_ranks_equal_one_process(tmp_path):
     steps = [[torch.randn(BATCH, 3, 16, 16, generator=g) for _ in range(2)]
              + [torch.randn(BATCH, 3, 8, 8, generator=g) for _ in range(2)]
              for _ in range(STEPS)]
-    payload = {"scores": scores, "cut": 4, "state": model.state_dict(), "steps": steps}
+    valid = torch.tensor([True, False, True, True, False, True, True, True, False, True, True])
+    payload = {"scores": scores, "cut": 4, "state": model.state_dict(), "steps": steps,
+               "valid": valid}
     mp.spawn(_worker, args=(str(tmp_path), payload), nprocs=WORLD, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
@@ -104,6 +109,9 @@ def test_two_gloo_ranks_equal_one_process(tmp_path):
     shifted = torch.cat([scores[:4] + 30.0, scores[4:]])
     torch.testing.assert_close(torch.cat([r["codes_shifted"] for r in ranks]),
                                sinkhorn(shifted, 0.01, 3), rtol=1e-4, atol=1e-6)
+
+    torch.testing.assert_close(torch.cat([r["codes_masked"] for r in ranks]),
+                               sinkhorn(scores, 0.05, 3, valid=valid), rtol=1e-5, atol=1e-7)
 
     # the method: each rank half the batch (and its slice of the shared queue)
     reference = run_steps(model, steps)

@@ -108,3 +108,41 @@ def test_patience_zero_never_warns_and_missing_metrics_are_ignored():
     assert _logs(mon, range(1, 10), [{"loss": 3.4}] * 9) == []  # not a log with the monitor
     with pytest.raises(ValueError):
         CollapseMonitor(1, 2, method="Test")
+
+
+def test_the_collapse_warning_carries_the_diagnosis_and_the_remedies():
+    mon = CollapseMonitor(30, 2, method="Test", remedies=["lower epsilon", "freeze longer"])
+    logged = {"loss_over_lnK": 1.0004, "prototypes_used": 1.0, "code_entropy": 0.05,
+              "prototypes_used_with_queue": 3.0}
+    (caught,) = _logs(mon, [1, 2, 3], [logged] * 3)
+    text = str(caught.message)
+    assert "loss / ln K 1.000" in text and "3 of 30 prototypes used over batch + queue" in text
+    assert "code entropy 0.05" in text
+    assert "remedies that fit this run: lower epsilon; freeze longer." in text
+
+
+def _queue_logs(before: float, after: float, steps_after: int, **kw):
+    mon = CollapseMonitor(30, 6, method="Test", queue_remedies=["a shorter queue"], **kw)
+    logs = [{"loss_over_lnK": before, "prototypes_used": 20.0, "queue_in_use": 0.0}] * 5
+    logs += [{"loss_over_lnK": after, "prototypes_used": 20.0, "queue_in_use": 1.0}] * steps_after
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for step, v in zip(range(2, 2 * len(logs) + 2, 2), logs):
+            mon.observe(step, v)
+    return mon, [w for w in caught if "queue" in str(w.message)]
+
+
+def test_a_loss_the_queue_raised_is_reported_once_with_the_remedy():
+    mon, queue = _queue_logs(0.8, 0.9, 3)  # 4 iterations after the queue started: too early
+    assert mon.queue_loss_change is None and queue == []
+    mon, queue = _queue_logs(0.8, 0.9, 8)  # logged every 2 iterations, queue from iteration 12
+    assert len(queue) == 1 and "collapsed" not in str(queue[0].message)
+    assert mon.queue_start_step == 12
+    assert mon.queue_loss_change == pytest.approx(0.1 * math.log(30))
+    text = str(queue[0].message)
+    assert f"{0.1 * math.log(30):.3f} higher" in text and "a shorter queue" in text
+
+
+def test_a_loss_the_queue_lowered_is_not_reported():
+    mon, queue = _queue_logs(0.8, 0.7, 8)
+    assert mon.queue_loss_change == pytest.approx(-0.1 * math.log(30)) and queue == []

@@ -87,9 +87,10 @@ def test_state_dict_round_trip_into_fresh_module():
     fresh = FeatureQueue(6, 3, seed=2)
     assert not torch.equal(fresh.features, q.features)
     fresh.load_state_dict(q.state_dict())
-    assert set(q.state_dict()) == {"features", "ptr", "filled"}
+    assert set(q.state_dict()) == {"features", "written", "ptr", "filled"}
     torch.testing.assert_close(fresh.features, q.features)
     assert int(fresh.ptr) == int(q.ptr) and int(fresh.filled) == int(q.filled)
+    assert torch.equal(fresh.written, q.written)
     nxt = torch.randn(4, 3)
     q.enqueue(nxt)
     fresh.enqueue(nxt)
@@ -109,3 +110,38 @@ def test_wrong_shape_is_rejected():
     q = FeatureQueue(5, 3)
     with pytest.raises(ValueError):
         q.enqueue(torch.randn(2, 4))
+
+
+def test_written_flags_follow_the_fifo_and_skipped_writes():
+    """A write with ``valid`` False (a skipped training step) keeps the slots' contents and their
+    flags: during the fill, those slots still hold initial random vectors and stay unwritten
+    though the write position passed them; a later good write over them sets them."""
+    q = FeatureQueue(6, 2)
+    init = q.features.clone()
+    assert not q.written.any()
+    q.enqueue(torch.ones(2, 2), valid=torch.tensor(True))
+    q.enqueue(2 * torch.ones(2, 2), valid=torch.tensor(False))  # skipped during the fill
+    q.enqueue(3 * torch.ones(2, 2))
+    assert q.is_full and q.filled == 6  # the counters passed every slot ...
+    assert q.written.tolist() == [True, True, False, False, True, True]  # ... 2-3 are random
+    assert torch.equal(q.features[2:4], init[2:4])
+    q.enqueue(4 * torch.ones(2, 2), valid=torch.tensor(False))  # over real ones: they stay
+    assert q.written.tolist() == [True, True, False, False, True, True]
+    assert torch.equal(q.features[:2], torch.ones(2, 2))
+    q.enqueue(5 * torch.ones(2, 2))  # slots 2-3 now
+    assert q.written.all() and torch.equal(q.features[2:4], 5 * torch.ones(2, 2))
+
+
+def test_a_checkpoint_without_written_flags_takes_them_from_its_counters():
+    q = FeatureQueue(5, 2)
+    q.enqueue(torch.ones(3, 2))
+    q.enqueue(torch.ones(4, 2))  # 7 keys: full, ptr 2
+    old = {k: v for k, v in q.state_dict().items() if k != "written"}
+    fresh = FeatureQueue(5, 2)
+    fresh.load_state_dict(old)
+    assert fresh.written.all() and fresh.ptr == 2
+    part = FeatureQueue(5, 2)
+    part.enqueue(torch.ones(2, 2))
+    fresh = FeatureQueue(5, 2)
+    fresh.load_state_dict({k: v for k, v in part.state_dict().items() if k != "written"})
+    assert fresh.written.tolist() == [True, True, False, False, False]
