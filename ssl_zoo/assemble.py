@@ -25,9 +25,6 @@ from ssl_zoo.backbones import build_backbone, check_input_sizes
 from ssl_zoo.config import (
     RunConfig,
     apply_override,
-    from_dict,
-    load_config_file,
-    to_dict,
     validate_run_config,
     validate_view_spec,
     view_spec_from_dict,
@@ -37,6 +34,7 @@ from ssl_zoo.data.stats import IMAGENET, known_stats, source_stats
 from ssl_zoo.data.views import ViewSpec
 from ssl_zoo.errors import ConfigError, UserError
 from ssl_zoo.method import Method, MethodConfig
+from ssl_zoo.typed import from_dict, load_config_file, to_dict
 
 KNOWN_IMAGE_SIZES = {"demo": 32, "cifar10": 32, "cifar100": 32, "stl10": 96}
 """Image sizes of sources that can be told without opening them (for recipes and dry runs)."""
@@ -106,8 +104,31 @@ def resolve(base: dict[str, Any] | None = None, sets: list[str] | tuple[str, ...
     image size is not known otherwise (``--dry-run``). ``world_size`` (default: the ``WORLD_SIZE``
     torchrun sets) gives the global batch the method's config is checked against.
     """
-    data = json.loads(json.dumps(base or {}))  # a deep copy of plain data
     view_sets = [s for s in sets if _set_key(s).startswith("views.") or _set_key(s) == "views"]
+    cfg, cls, method_config, given_views = _typed_configs(base, sets, view_sets, method)
+    splits, image_size, mean, std = _data_and_stats(cfg, open_data)
+    spec = _view_spec(cls, method_config, image_size, mean, std, given_views, view_sets)
+    # patch grids (ViTs): every crop size and the evaluation size, here rather than at a step
+    check_input_sizes(cfg.backbone, {"image_size": image_size, **{
+        f"views.groups.{i}.size": g.size for i, g in enumerate(spec.groups)}},
+        stem=cfg.backbone_stem, image_size=image_size, args=cfg.backbone_args)
+    cls.check_views(method_config, spec)
+    world = world_size or int(os.environ.get("WORLD_SIZE", "1"))
+    method_config.validate(image_size, cfg.train.batch_size * world,
+                           len(splits.train) if splits is not None else 0)
+
+    cfg.image_size = image_size
+    cfg.method_config = to_dict(method_config)
+    cfg.views = to_dict(spec)
+    return Run(cfg, cls, method_config, spec, image_size, splits)
+
+
+def _typed_configs(base: dict[str, Any] | None, sets: list[str] | tuple[str, ...],
+                   view_sets: list[str], method: str | None
+                   ) -> tuple[RunConfig, type[Method], MethodConfig, Any]:
+    """The validated run config, the method class, its typed config and the given ``views``
+    (applied later, on the method's default spec), from ``base`` and the non-view ``sets``."""
+    data = json.loads(json.dumps(base or {}))  # a deep copy of plain data
     other_sets = [s for s in sets if s not in view_sets]
     for s in other_sets:
         if _set_key(s) == "method":
@@ -124,7 +145,13 @@ def resolve(base: dict[str, Any] | None = None, sets: list[str] | tuple[str, ...
     cfg = from_dict(RunConfig, data)
     method_config = from_dict(cls.Config, method_data, "method")
     validate_run_config(cfg)
+    return cfg, cls, method_config, given_views
 
+
+def _data_and_stats(cfg: RunConfig, open_data: bool | None
+                    ) -> tuple[DataSplits | None, int, Any, Any]:
+    """The opened splits (or None), the image size and the normalisation mean and std: the
+    source's own when it is opened, else the known ones (or ImageNet's)."""
     known_size = cfg.image_size or KNOWN_IMAGE_SIZES.get(cfg.dataset.partition(":")[0], 0)
     if open_data is None:
         open_data = not known_size
@@ -138,7 +165,13 @@ def resolve(base: dict[str, Any] | None = None, sets: list[str] | tuple[str, ...
             raise ConfigError(f"image_size: the size of {cfg.dataset} is not known without "
                               "opening it; set image_size")
         mean, std = known_stats(cfg.dataset) or IMAGENET
+    return splits, image_size, mean, std
 
+
+def _view_spec(cls: type[Method], method_config: MethodConfig, image_size: int, mean: Any,
+               std: Any, given_views: Any, view_sets: list[str]) -> ViewSpec:
+    """The method's default view spec with the given ``views`` and the ``views.*`` sets on
+    top, groups of count 0 left out, validated against the image size."""
     spec = cls.default_views(method_config, image_size)
     spec.mean, spec.std = tuple(mean), tuple(std)
     spec_data = {"views": to_dict(spec)}
@@ -154,19 +187,7 @@ def resolve(base: dict[str, Any] | None = None, sets: list[str] | tuple[str, ...
     if not spec.groups:
         raise ConfigError("views.groups: every group has count 0; at least one crop is needed")
     validate_view_spec(spec, image_size)
-    # patch grids (ViTs): every crop size and the evaluation size, here rather than at a step
-    check_input_sizes(cfg.backbone, {"image_size": image_size, **{
-        f"views.groups.{i}.size": g.size for i, g in enumerate(spec.groups)}},
-        stem=cfg.backbone_stem, image_size=image_size, args=cfg.backbone_args)
-    cls.check_views(method_config, spec)
-    world = world_size or int(os.environ.get("WORLD_SIZE", "1"))
-    method_config.validate(image_size, cfg.train.batch_size * world,
-                           len(splits.train) if splits is not None else 0)
-
-    cfg.image_size = image_size
-    cfg.method_config = to_dict(method_config)
-    cfg.views = to_dict(spec)
-    return Run(cfg, cls, method_config, spec, image_size, splits)
+    return spec
 
 
 def _check_settings_of_groups_off(spec, view_sets: list[str]) -> None:

@@ -1,23 +1,27 @@
 """Run configuration: typed dataclasses, merged from defaults, a file and ``--set`` overrides.
 
 Every error names the field (``train.epochs: expected an integer, got 'ten'``) and is a
-:class:`ssl_zoo.errors.ConfigError`, so the CLI prints it as one line.
+:class:`ssl_zoo.errors.ConfigError`, so the CLI prints it as one line. The conversion from plain
+data and files (``from_dict``, ``to_dict``, ``load_config_file``) is :mod:`ssl_zoo.typed`'s,
+re-exported here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
-import types
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ssl_zoo.data.views.spec import CropGroup, ViewSpec
 from ssl_zoo.errors import ConfigError, suggest
 from ssl_zoo.preemption import DEFAULT_SIGNALS, signal_numbers
+from ssl_zoo.typed import (  # noqa: F401  (to_dict, load_config_file: re-exported)
+    from_dict,
+    load_config_file,
+    parse_assignment,
+    set_at_path,
+    to_dict,
+)
 
 OPTIMIZERS = ("sgd", "lars", "adam", "adamw")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
@@ -172,155 +176,8 @@ class RunConfig:
 
 
 # --------------------------------------------------------------------------------------------
-# conversion between dataclasses and plain data
+# --set overrides and validation (the generic typed-dataclass machinery: ssl_zoo/typed.py)
 # --------------------------------------------------------------------------------------------
-def to_dict(obj: Any) -> Any:
-    """Plain JSON-able data (dicts, lists, numbers, strings) from nested dataclasses."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, (list, tuple)):
-        return [to_dict(v) for v in obj]
-    if isinstance(obj, dict):
-        return {k: to_dict(v) for k, v in obj.items()}
-    return obj
-
-
-def _type_name(tp: Any) -> str:
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
-        tp, getattr(tp, "__name__", str(tp))
-    )
-
-
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """``value`` checked and converted to the annotated type ``tp``; ConfigError otherwise."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if tp is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(value, a, where)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
-    if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping of fields, got {value!r}")
-        return from_dict(tp, value, where)
-    if origin in (list, tuple):
-        if isinstance(value, str):
-            value = [v for v in value.replace("(", "").replace(")", "").split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(value) != len(args):
-                raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
-            return tuple(_coerce(v, a, f"{where}[{i}]")
-                         for i, (v, a) in enumerate(zip(value, args)))
-        inner = args[0] if args else Any
-        items = [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return dict(value)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0",
-                                                         "no", "off"):
-            return value.lower() in ("true", "1", "yes", "on")
-        raise ConfigError(f"{where}: expected true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.replace("_", ""))
-            except ValueError:
-                pass
-        raise ConfigError(f"{where}: expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        if isinstance(value, (int, float)):
-            out = float(value)
-        else:
-            try:
-                out = float(str(value))
-            except ValueError:
-                raise ConfigError(f"{where}: expected a number, got {value!r}") from None
-        if not math.isfinite(out):
-            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
-        return out
-    if tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"{where}: expected a string, got {value!r}")
-    if isinstance(value, tp):
-        return value
-    raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
-
-
-def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
-    """An instance of dataclass ``cls`` from ``data``; unknown keys and bad types are errors."""
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls) if f.init}
-    kwargs = {}
-    for key, value in data.items():
-        path = f"{where}.{key}" if where else key
-        if key not in names:
-            what = f"config field {where}." if where else "config field"
-            raise ConfigError(suggest(key, names, what))
-        kwargs[key] = _coerce(value, hints[key], path)
-    return cls(**kwargs)
-
-
-def _parse_scalar(text: str) -> Any:
-    """A ``--set`` value: JSON when it parses (numbers, true, lists), else the raw string."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def load_config_file(path: str | Path) -> dict[str, Any]:
-    """A YAML or JSON config file as a dict."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    text = path.read_text()
-    try:
-        if path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
-    except Exception as exc:  # yaml.YAMLError, json.JSONDecodeError
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        kind = path.suffix.lstrip(".") or "JSON"
-        raise ConfigError(f"{path}: not valid {kind}: {first}") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of config fields at the top level")
-    return data
-
-
-
 def apply_override(data: dict[str, Any], assignment: str, method_fields: set[str]) -> None:
     """Apply one ``key=value`` to the plain config dict ``data`` (in place).
 
@@ -328,11 +185,7 @@ def apply_override(data: dict[str, Any], assignment: str, method_fields: set[str
     or bare field names, which are looked up in the top level, then ``train``, ``eval`` and the
     method's config; a bare name found in more than one place must be qualified.
     """
-    if "=" not in assignment:
-        raise ConfigError(f"--set {assignment!r}: expected key=value")
-    key, _, raw = assignment.partition("=")
-    key = key.strip()
-    value = _parse_scalar(raw.strip())
+    key, value = parse_assignment(assignment)
     parts = key.split(".")
     if parts[0] == "method" and len(parts) > 1:
         parts[0] = "method_config"
@@ -355,26 +208,7 @@ def apply_override(data: dict[str, Any], assignment: str, method_fields: set[str
             options = ", ".join(".".join(h).replace("method_config", "method") for h in homes)
             raise ConfigError(f"--set {key}: ambiguous, write one of {options}")
         parts = homes[0]
-    node: Any = data
-    for i, part in enumerate(parts[:-1]):
-        nxt_is_index = parts[i + 1].isdigit()
-        if isinstance(node, list):
-            idx = int(part) if part.isdigit() else -1
-            if not 0 <= idx < len(node):
-                raise ConfigError(f"--set {key}: index {part} out of range")
-            node = node[idx]
-            continue
-        if node.get(part) is None:
-            node[part] = [] if nxt_is_index else {}
-        node = node[part]
-    last = parts[-1]
-    if isinstance(node, list):
-        idx = int(last) if last.isdigit() else -1
-        if not 0 <= idx < len(node):
-            raise ConfigError(f"--set {key}: index {last} out of range")
-        node[idx] = value
-    else:
-        node[last] = value
+    set_at_path(data, parts, value, key)
 
 
 def validate_run_config(cfg: RunConfig) -> None:

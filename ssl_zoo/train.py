@@ -21,7 +21,6 @@ import torch.distributed as dist
 from ssl_zoo import runstate, steps
 from ssl_zoo.assemble import Run, resolve_device
 from ssl_zoo.checkpoint import save_checkpoint
-from ssl_zoo.config import to_dict
 from ssl_zoo.data.loader import step_seed
 from ssl_zoo.data.views import Views, make_views, skip_view_draws
 from ssl_zoo.method import TrainContext
@@ -39,6 +38,7 @@ from ssl_zoo.report import training_progress
 from ssl_zoo.runlog import RunLogger
 from ssl_zoo.runstate import RunClock, RunResult
 from ssl_zoo.steps import EpochBar, shutdown_distributed, views_in_workers
+from ssl_zoo.typed import to_dict
 
 __all__ = ["RunResult", "Trainer", "shutdown_distributed", "views_in_workers"]
 
