@@ -252,6 +252,38 @@ def prepare(spec: str, out: str | Path, *, canvas: int | None = None, workers: i
             show_progress: bool = True) -> dict[str, Any]:
     """Decode the image folder ``spec`` (``folder:PATH``) into a prepared store at ``out``;
     returns its manifest (with ``"status"``: prepared, resumed or up to date)."""
+    canvas = _check_prepare_args(spec, canvas, workers)
+    folder, store = Path(spec.partition(":")[2]).expanduser(), Path(out).expanduser()
+    data = open_source(spec, skip_bad_images=skip_bad_images)
+    splits = _source_splits(data, canvas)
+    fp = _fingerprint(folder, splits, canvas)
+    status, done, skipped, current = _starting_point(store, splits, fp, overwrite)
+    if current is not None:
+        return {**current, "status": "up to date"}
+    if status == "prepared":  # recorded before any array exists, so a crash resumes or cleans
+        store.mkdir(parents=True, exist_ok=True)
+        _write_json_atomic(store / PROGRESS, {"fingerprint": fp, "done": done,
+                                              "skipped_rows": skipped})
+    arrays = _open_arrays(store, splits, canvas, fresh=status == "prepared")
+    with _progress_bar(console, show_progress) as bar:
+        task = bar.add_task(f"prepare {folder.name}", total=sum(len(ds) for ds in splits.values()),
+                            completed=sum(done.values())) if bar else None
+        for split, ds in splits.items():
+            for batch in _decoded(ds, _chunks(done[split], len(ds)), workers):
+                rows = _write_chunk(ds, arrays[split], batch, skipped[split], skip_bad_images)
+                done[split] = int(rows[-1]) + 1
+                _write_json_atomic(store / PROGRESS, {"fingerprint": fp, "done": done,
+                                                      "skipped_rows": skipped})
+                if bar:
+                    bar.advance(task, len(rows))
+    del arrays
+    manifest = _write_manifest(store, folder, canvas, fp, data.train.classes, splits, skipped)
+    (store / PROGRESS).unlink(missing_ok=True)
+    return {**manifest, "status": status}
+
+
+def _check_prepare_args(spec: str, canvas: int | None, workers: int) -> int:
+    """One-line errors for a bad ``ssl-zoo prepare`` command line; the canvas to use."""
     kind, _, arg = spec.partition(":")
     if kind != "folder" or not arg:
         raise DataError(f"prepare reads an image folder: write folder:PATH (got {spec!r})")
@@ -260,14 +292,24 @@ def prepare(spec: str, out: str | Path, *, canvas: int | None = None, workers: i
         raise DataError(f"--canvas must be >= 1 px, got {canvas}")
     if workers < 0:
         raise DataError(f"--workers must be >= 0, got {workers}")
-    folder, store = Path(arg).expanduser(), Path(out).expanduser()
-    data = open_source(spec, skip_bad_images=skip_bad_images)
+    return canvas
+
+
+def _source_splits(data: DataSplits, canvas: int) -> dict[str, FolderImages]:
+    """The folder's splits by name (train, and test or val), decoding onto ``canvas``."""
     splits: dict[str, FolderImages] = {"train": data.train}
     if data.test is not None:
         splits[data.test.name.rsplit(":", 1)[-1]] = data.test
     for ds in splits.values():
         ds.canvas_size = canvas
-    fp = _fingerprint(folder, splits, canvas)
+    return splits
+
+
+def _starting_point(store: Path, splits: dict[str, FolderImages], fp: str, overwrite: bool
+                    ) -> tuple[str, dict[str, int], dict[str, list[int]], dict[str, Any] | None]:
+    """Where a prepare into ``store`` starts: (status, rows done per split, skipped rows per
+    split, the manifest of a store that is already up to date or None). Cleans what a prepare
+    of another source or a damaged store left; one-line errors for what it must not touch."""
     status, done, skipped = "prepared", {s: 0 for s in splits}, {s: [] for s in splits}
     if (store / MANIFEST).is_file():
         try:
@@ -277,7 +319,7 @@ def prepare(spec: str, out: str | Path, *, canvas: int | None = None, workers: i
         if old is not None and old.get("fingerprint") == fp:
             try:
                 open_prepared(store)
-                return {**old, "status": "up to date"}
+                return status, done, skipped, old
             except DataError:
                 pass  # damaged: make it again
         elif not overwrite:
@@ -297,36 +339,33 @@ def prepare(spec: str, out: str | Path, *, canvas: int | None = None, workers: i
     elif store.exists() and (not store.is_dir() or any(store.iterdir())):
         raise DataError(f"{store} exists and is not a prepared store; choose an empty or new "
                         "--out")
-    if status == "prepared":  # recorded before any array exists, so a crash resumes or cleans
-        store.mkdir(parents=True, exist_ok=True)
-        _write_json_atomic(store / PROGRESS, {"fingerprint": fp, "done": done,
-                                              "skipped_rows": skipped})
-    arrays = _open_arrays(store, splits, canvas, fresh=status == "prepared")
-    total = sum(len(ds) for ds in splits.values())
-    with _progress_bar(console, show_progress) as bar:
-        task = bar.add_task(f"prepare {folder.name}", total=total,
-                            completed=sum(done.values())) if bar else None
-        for split, ds in splits.items():
-            for batch in _decoded(ds, _chunks(done[split], len(ds)), workers):
-                images, ok, index, errors, sizes = batch
-                rows = index.numpy()
-                for r in (~ok).nonzero().flatten().tolist():
-                    if not skip_bad_images:
-                        raise DataError(ds._bad_message(int(index[r]), errors[r]))
-                    skipped[split].append(int(index[r]))
-                a, b = int(rows[0]), int(rows[-1]) + 1
-                arrays[split]["images.npy"][a:b] = images.numpy()
-                arrays[split]["sizes.npy"][a:b] = sizes.numpy()
-                for arr in arrays[split].values():
-                    arr.flush()
-                done[split] = b
-                _write_json_atomic(store / PROGRESS, {"fingerprint": fp, "done": done,
-                                                      "skipped_rows": skipped})
-                if bar:
-                    bar.advance(task, len(rows))
-    del arrays
+    return status, done, skipped, None
+
+
+def _write_chunk(ds: FolderImages, arrays: dict[str, np.ndarray], batch: tuple,
+                 skipped: list[int], skip_bad_images: bool) -> np.ndarray:
+    """Write one decoded chunk into a split's arrays (flushed); records its bad rows in
+    ``skipped`` (or raises when bad images are not skipped). Returns the chunk's rows."""
+    images, ok, index, errors, sizes = batch
+    rows = index.numpy()
+    for r in (~ok).nonzero().flatten().tolist():
+        if not skip_bad_images:
+            raise DataError(ds._bad_message(int(index[r]), errors[r]))
+        skipped.append(int(index[r]))
+    a, b = int(rows[0]), int(rows[-1]) + 1
+    arrays["images.npy"][a:b] = images.numpy()
+    arrays["sizes.npy"][a:b] = sizes.numpy()
+    for arr in arrays.values():
+        arr.flush()
+    return rows
+
+
+def _write_manifest(store: Path, folder: Path, canvas: int, fp: str, classes,
+                    splits: dict[str, FolderImages], skipped: dict[str, list[int]]
+                    ) -> dict[str, Any]:
+    """Checksum the written files and write manifest.json (last, atomically); returns it."""
     manifest = {"format": FORMAT, "version": VERSION, "canvas": canvas, "source": str(folder),
-                "fingerprint": fp, "classes": data.train.classes, "splits": {}}
+                "fingerprint": fp, "classes": classes, "splits": {}}
     for split, ds in splits.items():
         manifest["splits"][split] = {
             "count": len(ds), "skipped_rows": sorted(skipped[split]),
@@ -335,8 +374,7 @@ def prepare(spec: str, out: str | Path, *, canvas: int | None = None, workers: i
                           "sha256": _sha256(store / split / f)} for f in _FILES}}
     manifest["manifest_sha256"] = _manifest_digest(manifest)
     _write_json_atomic(store / MANIFEST, manifest)
-    (store / PROGRESS).unlink(missing_ok=True)
-    return {**manifest, "status": status}
+    return manifest
 
 
 def _open_arrays(store: Path, splits: dict[str, FolderImages], canvas: int, fresh: bool
