@@ -20,7 +20,9 @@ A prepare that is interrupted resumes from its last written chunk when run again
 folder and canvas (else it starts clean); without manifest.json a DIR is never taken for a
 store. Opening checks the manifest's checksum, every file's size and the sha256 of the small
 files; the images' sha256 too when they are at most ``VERIFY_IMAGES_BYTES`` (a full read of a
-large store at every start would cost minutes).
+large store at every start would cost minutes). Reading a store (the manifest checks, the
+dataset) is ``ssl_zoo.data.prepared_store``; this module writes stores and registers the
+``prepared:`` source.
 """
 
 from __future__ import annotations
@@ -33,172 +35,34 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from ssl_zoo.data.loader import fetch_in_workers
+from ssl_zoo.data.prepared_store import (
+    FORMAT,
+    MANIFEST,
+    PROGRESS,
+    STORE_FILES,
+    VERSION,
+    manifest_digest,
+    open_prepared,
+    read_manifest,
+    sha256_file,
+)
 from ssl_zoo.data.sources import (
     DEFAULT_FOLDER_SIZE,
     DataSplits,
     FolderImages,
-    ImageDataset,
     open_source,
     register_source,
 )
 from ssl_zoo.errors import DataError
 
-FORMAT = "ssl-zoo-prepared"
-VERSION = 1
-MANIFEST = "manifest.json"
-PROGRESS = "progress.json"
 DEFAULT_CANVAS = 256
 """Canvas side (px) of ``ssl-zoo prepare``: the evaluation resize size of 224-px views."""
 CHUNK_IMAGES = 256
 """Images decoded and written between two progress records."""
-VERIFY_IMAGES_BYTES = 256 * 2**20
-"""Stores whose images take at most this many bytes have them checksummed at every open."""
-_FILES = ("images.npy", "sizes.npy", "labels.npy")
-
-
-# --------------------------------------------------------------------------------------------
-# reading
-# --------------------------------------------------------------------------------------------
-class PreparedImages(ImageDataset):
-    """One split of a prepared store: canvases read from the memory map (in loader workers),
-    with their original sizes; ``image_size`` is the size the model sees."""
-
-    lazy = True
-
-    def __init__(self, name: str, folder: Path, rows: np.ndarray, labels: np.ndarray | None,
-                 classes: list[str] | None, image_size: int, canvas: int, skipped: int = 0):
-        self.name, self.folder, self.rows, self.classes = name, folder, rows, classes
-        self.image_size, self.canvas_size, self.skipped = image_size, canvas, skipped
-        self.labels = torch.from_numpy(labels[rows]) if labels is not None else None
-        self._maps: dict[str, np.ndarray] | None = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_maps": None}  # each process maps the files itself
-
-    def _map(self, file: str) -> np.ndarray:
-        if self._maps is None:
-            self._maps = {f: np.load(self.folder / f, mmap_mode="r") for f in _FILES[:2]}
-        return self._maps[file]
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def fetch(self, indices: list[int]):
-        """A batch read from the store (in a worker): canvases, ok-mask, index, error texts,
-        original sizes."""
-        rows = self.rows[np.asarray(indices, dtype=np.int64)]
-        images = torch.from_numpy(np.ascontiguousarray(self._map("images.npy")[rows]))
-        sizes = torch.from_numpy(self._map("sizes.npy")[rows].astype(np.int64))
-        n = len(indices)
-        return (images, torch.ones(n, dtype=torch.bool), torch.tensor(indices, dtype=torch.long),
-                [""] * n, sizes)
-
-    def assemble(self, images, ok, index, errors, sizes):
-        """Nothing to replace: bad files were left out when the store was prepared."""
-        return images, index, sizes
-
-    def substitute(self, images, ok, index, errors, sizes):
-        """As :meth:`assemble`, with an empty report (the loader's views-in-workers path)."""
-        return images, index, sizes, ({}, "")
-
-    def account(self, report) -> None:
-        """Nothing to report (see :meth:`substitute`)."""
-
-    def load_batch(self, index: torch.Tensor):
-        return self.assemble(*self.fetch([int(i) for i in index]))
-
-    def load(self, index: torch.Tensor) -> torch.Tensor:
-        return self.load_batch(index)[0]
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(16 * 2**20):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _manifest_digest(manifest: dict[str, Any]) -> str:
-    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-
-
-def read_manifest(store: Path) -> dict[str, Any]:
-    """The store's manifest, checked (format, version, own checksum), or a one-line DataError."""
-    path = store / MANIFEST
-    if not store.is_dir():
-        raise DataError(f"prepared store not found: {store}")
-    if not path.is_file():
-        hint = (" (its prepare did not finish: run ssl-zoo prepare again to resume it)"
-                if (store / PROGRESS).is_file() else "")
-        raise DataError(f"{store}: no {MANIFEST}, so not a complete prepared store{hint}; "
-                        "make one with: ssl-zoo prepare folder:PATH --out DIR")
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: unreadable manifest ({type(exc).__name__}: {exc})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise DataError(f"{path}: not an ssl-zoo prepared store manifest")
-    if manifest.get("version") != VERSION:
-        raise DataError(f"{path}: store version {manifest.get('version')}, this ssl-zoo reads "
-                        f"version {VERSION}; prepare it again")
-    if manifest.get("manifest_sha256") != _manifest_digest(manifest):
-        raise DataError(f"{path}: manifest checksum mismatch (edited or damaged); prepare the "
-                        "store again")
-    return manifest
-
-
-def _check_split(store: Path, split: str, info: dict[str, Any], canvas: int
-                 ) -> dict[str, np.ndarray]:
-    """Sizes, shapes and checksums of one split's files; the small arrays loaded."""
-    folder = store / split
-    arrays = {}
-    shapes = {"images.npy": (info["count"], 3, canvas, canvas), "sizes.npy": (info["count"], 2),
-              "labels.npy": (info["count"],)}
-    for file in _FILES:
-        path, want = folder / file, info["files"][file]
-        if not path.is_file():
-            raise DataError(f"{path}: missing from the prepared store; prepare it again")
-        size = path.stat().st_size
-        if size != want["bytes"]:
-            raise DataError(f"{path}: {size} bytes, the manifest says {want['bytes']} "
-                            "(truncated or damaged); prepare the store again")
-        if file != "images.npy" or size <= VERIFY_IMAGES_BYTES:
-            if _sha256(path) != want["sha256"]:
-                raise DataError(f"{path}: checksum mismatch (damaged); prepare the store again")
-        try:
-            arr = np.load(path, mmap_mode="r")
-        except Exception as exc:
-            raise DataError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from None
-        if arr.shape != shapes[file]:
-            raise DataError(f"{path}: shape {arr.shape}, expected {shapes[file]}")
-        arrays[file] = arr
-    return arrays
-
-
-def open_prepared(store: str | Path, image_size: int | None = None) -> DataSplits:
-    """The splits of a prepared store, checked (``read_manifest``, ``_check_split``)."""
-    store = Path(store).expanduser()
-    manifest = read_manifest(store)
-    canvas, classes = int(manifest["canvas"]), manifest.get("classes")
-    image_size = image_size or DEFAULT_FOLDER_SIZE
-    out: dict[str, PreparedImages] = {}
-    for split, info in manifest["splits"].items():
-        arrays = _check_split(store, split, info, canvas)
-        rows = np.setdiff1d(np.arange(info["count"]), np.asarray(info["skipped_rows"], np.int64))
-        if len(rows) == 0:
-            raise DataError(f"{store}/{split}: holds no images")
-        labels = np.asarray(arrays["labels.npy"]) if classes else None
-        out[split] = PreparedImages(f"prepared:{store}:{split}", store / split, rows, labels,
-                                    classes, image_size, canvas,
-                                    len(info["skipped_rows"]) + info["skipped_files_at_open"])
-    train = out["train"]
-    test = next((out[s] for s in out if s != "train"), None)
-    return DataSplits(train, train if train.labels is not None else None, test)
+_FILES = STORE_FILES
+"""The files of each split (``prepared_store.STORE_FILES``)."""
 
 
 def build_prepared(arg: str, *, image_size: int | None = None, **_) -> DataSplits:
@@ -252,6 +116,38 @@ def prepare(spec: str, out: str | Path, *, canvas: int | None = None, workers: i
             show_progress: bool = True) -> dict[str, Any]:
     """Decode the image folder ``spec`` (``folder:PATH``) into a prepared store at ``out``;
     returns its manifest (with ``"status"``: prepared, resumed or up to date)."""
+    canvas = _check_prepare_args(spec, canvas, workers)
+    folder, store = Path(spec.partition(":")[2]).expanduser(), Path(out).expanduser()
+    data = open_source(spec, skip_bad_images=skip_bad_images)
+    splits = _source_splits(data, canvas)
+    fp = _fingerprint(folder, splits, canvas)
+    status, done, skipped, current = _starting_point(store, splits, fp, overwrite)
+    if current is not None:
+        return {**current, "status": "up to date"}
+    if status == "prepared":  # recorded before any array exists, so a crash resumes or cleans
+        store.mkdir(parents=True, exist_ok=True)
+        _write_json_atomic(store / PROGRESS, {"fingerprint": fp, "done": done,
+                                              "skipped_rows": skipped})
+    arrays = _open_arrays(store, splits, canvas, fresh=status == "prepared")
+    with _progress_bar(console, show_progress) as bar:
+        task = bar.add_task(f"prepare {folder.name}", total=sum(len(ds) for ds in splits.values()),
+                            completed=sum(done.values())) if bar else None
+        for split, ds in splits.items():
+            for batch in _decoded(ds, _chunks(done[split], len(ds)), workers):
+                rows = _write_chunk(ds, arrays[split], batch, skipped[split], skip_bad_images)
+                done[split] = int(rows[-1]) + 1
+                _write_json_atomic(store / PROGRESS, {"fingerprint": fp, "done": done,
+                                                      "skipped_rows": skipped})
+                if bar:
+                    bar.advance(task, len(rows))
+    del arrays
+    manifest = _write_manifest(store, folder, canvas, fp, data.train.classes, splits, skipped)
+    (store / PROGRESS).unlink(missing_ok=True)
+    return {**manifest, "status": status}
+
+
+def _check_prepare_args(spec: str, canvas: int | None, workers: int) -> int:
+    """One-line errors for a bad ``ssl-zoo prepare`` command line; the canvas to use."""
     kind, _, arg = spec.partition(":")
     if kind != "folder" or not arg:
         raise DataError(f"prepare reads an image folder: write folder:PATH (got {spec!r})")
@@ -260,14 +156,24 @@ def prepare(spec: str, out: str | Path, *, canvas: int | None = None, workers: i
         raise DataError(f"--canvas must be >= 1 px, got {canvas}")
     if workers < 0:
         raise DataError(f"--workers must be >= 0, got {workers}")
-    folder, store = Path(arg).expanduser(), Path(out).expanduser()
-    data = open_source(spec, skip_bad_images=skip_bad_images)
+    return canvas
+
+
+def _source_splits(data: DataSplits, canvas: int) -> dict[str, FolderImages]:
+    """The folder's splits by name (train, and test or val), decoding onto ``canvas``."""
     splits: dict[str, FolderImages] = {"train": data.train}
     if data.test is not None:
         splits[data.test.name.rsplit(":", 1)[-1]] = data.test
     for ds in splits.values():
         ds.canvas_size = canvas
-    fp = _fingerprint(folder, splits, canvas)
+    return splits
+
+
+def _starting_point(store: Path, splits: dict[str, FolderImages], fp: str, overwrite: bool
+                    ) -> tuple[str, dict[str, int], dict[str, list[int]], dict[str, Any] | None]:
+    """Where a prepare into ``store`` starts: (status, rows done per split, skipped rows per
+    split, the manifest of a store that is already up to date or None). Cleans what a prepare
+    of another source or a damaged store left; one-line errors for what it must not touch."""
     status, done, skipped = "prepared", {s: 0 for s in splits}, {s: [] for s in splits}
     if (store / MANIFEST).is_file():
         try:
@@ -277,7 +183,7 @@ def prepare(spec: str, out: str | Path, *, canvas: int | None = None, workers: i
         if old is not None and old.get("fingerprint") == fp:
             try:
                 open_prepared(store)
-                return {**old, "status": "up to date"}
+                return status, done, skipped, old
             except DataError:
                 pass  # damaged: make it again
         elif not overwrite:
@@ -297,46 +203,42 @@ def prepare(spec: str, out: str | Path, *, canvas: int | None = None, workers: i
     elif store.exists() and (not store.is_dir() or any(store.iterdir())):
         raise DataError(f"{store} exists and is not a prepared store; choose an empty or new "
                         "--out")
-    if status == "prepared":  # recorded before any array exists, so a crash resumes or cleans
-        store.mkdir(parents=True, exist_ok=True)
-        _write_json_atomic(store / PROGRESS, {"fingerprint": fp, "done": done,
-                                              "skipped_rows": skipped})
-    arrays = _open_arrays(store, splits, canvas, fresh=status == "prepared")
-    total = sum(len(ds) for ds in splits.values())
-    with _progress_bar(console, show_progress) as bar:
-        task = bar.add_task(f"prepare {folder.name}", total=total,
-                            completed=sum(done.values())) if bar else None
-        for split, ds in splits.items():
-            for batch in _decoded(ds, _chunks(done[split], len(ds)), workers):
-                images, ok, index, errors, sizes = batch
-                rows = index.numpy()
-                for r in (~ok).nonzero().flatten().tolist():
-                    if not skip_bad_images:
-                        raise DataError(ds._bad_message(int(index[r]), errors[r]))
-                    skipped[split].append(int(index[r]))
-                a, b = int(rows[0]), int(rows[-1]) + 1
-                arrays[split]["images.npy"][a:b] = images.numpy()
-                arrays[split]["sizes.npy"][a:b] = sizes.numpy()
-                for arr in arrays[split].values():
-                    arr.flush()
-                done[split] = b
-                _write_json_atomic(store / PROGRESS, {"fingerprint": fp, "done": done,
-                                                      "skipped_rows": skipped})
-                if bar:
-                    bar.advance(task, len(rows))
-    del arrays
+    return status, done, skipped, None
+
+
+def _write_chunk(ds: FolderImages, arrays: dict[str, np.ndarray], batch: tuple,
+                 skipped: list[int], skip_bad_images: bool) -> np.ndarray:
+    """Write one decoded chunk into a split's arrays (flushed); records its bad rows in
+    ``skipped`` (or raises when bad images are not skipped). Returns the chunk's rows."""
+    images, ok, index, errors, sizes = batch
+    rows = index.numpy()
+    for r in (~ok).nonzero().flatten().tolist():
+        if not skip_bad_images:
+            raise DataError(ds._bad_message(int(index[r]), errors[r]))
+        skipped.append(int(index[r]))
+    a, b = int(rows[0]), int(rows[-1]) + 1
+    arrays["images.npy"][a:b] = images.numpy()
+    arrays["sizes.npy"][a:b] = sizes.numpy()
+    for arr in arrays.values():
+        arr.flush()
+    return rows
+
+
+def _write_manifest(store: Path, folder: Path, canvas: int, fp: str, classes,
+                    splits: dict[str, FolderImages], skipped: dict[str, list[int]]
+                    ) -> dict[str, Any]:
+    """Checksum the written files and write manifest.json (last, atomically); returns it."""
     manifest = {"format": FORMAT, "version": VERSION, "canvas": canvas, "source": str(folder),
-                "fingerprint": fp, "classes": data.train.classes, "splits": {}}
+                "fingerprint": fp, "classes": classes, "splits": {}}
     for split, ds in splits.items():
         manifest["splits"][split] = {
             "count": len(ds), "skipped_rows": sorted(skipped[split]),
             "skipped_files_at_open": ds.skipped_at_open,
             "files": {f: {"bytes": (store / split / f).stat().st_size,
-                          "sha256": _sha256(store / split / f)} for f in _FILES}}
-    manifest["manifest_sha256"] = _manifest_digest(manifest)
+                          "sha256": sha256_file(store / split / f)} for f in _FILES}}
+    manifest["manifest_sha256"] = manifest_digest(manifest)
     _write_json_atomic(store / MANIFEST, manifest)
-    (store / PROGRESS).unlink(missing_ok=True)
-    return {**manifest, "status": status}
+    return manifest
 
 
 def _open_arrays(store: Path, splits: dict[str, FolderImages], canvas: int, fresh: bool

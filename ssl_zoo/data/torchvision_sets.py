@@ -130,66 +130,77 @@ def _cifar(root: Path, download: bool, hundred: bool, image_size: int | None) ->
 _STL_BYTES = 3 * 96 * 96
 
 
-def _stl10(root: Path, download: bool, image_size: int | None) -> DataSplits:
-    folder = root / "stl10_binary"
-    if not folder.is_dir():
-        if not download:
-            raise _missing("stl10", root, folder)
-        _download("stl10", root)
+def _stl_count(folder: Path, file: str) -> int:
+    """How many 96x96 RGB images the binary ``file`` holds (one-line error when not whole)."""
+    path = folder / file
+    if not path.is_file():
+        raise DataError(f"missing file {path}")
+    size = path.stat().st_size
+    if size == 0 or size % _STL_BYTES:
+        raise DataError(f"{path}: {size} bytes is not a whole number of 96x96 RGB images")
+    return size // _STL_BYTES
 
-    def count(file: str) -> int:
-        path = folder / file
-        if not path.is_file():
-            raise DataError(f"missing file {path}")
-        size = path.stat().st_size
-        if size == 0 or size % _STL_BYTES:
-            raise DataError(f"{path}: {size} bytes is not a whole number of 96x96 RGB images")
-        return size // _STL_BYTES
 
-    def read_into(file: str, out: torch.Tensor) -> None:
-        # each image is stored channel by channel, each 96x96 plane column-major, so a record
-        # read as (3, 96, 96) is (C, W, H): transpose the last two axes, a chunk at a time
-        buf = np.empty((min(2048, out.shape[0]), 3, 96, 96), dtype=np.uint8)
-        with open(folder / file, "rb") as fh:
-            for s in range(0, out.shape[0], len(buf)):
-                chunk = out[s:s + len(buf)]
-                raw = buf[:chunk.shape[0]]
-                if fh.readinto(raw) != raw.nbytes:
-                    raise DataError(f"{folder / file}: file shorter than expected")
-                chunk.copy_(torch.from_numpy(raw).transpose(2, 3))
+def _stl_read_into(folder: Path, file: str, out: torch.Tensor) -> None:
+    """Read the images of ``file`` into ``out`` (N, 3, 96, 96), a chunk at a time."""
+    # each image is stored channel by channel, each 96x96 plane column-major, so a record
+    # read as (3, 96, 96) is (C, W, H): transpose the last two axes, a chunk at a time
+    buf = np.empty((min(2048, out.shape[0]), 3, 96, 96), dtype=np.uint8)
+    with open(folder / file, "rb") as fh:
+        for s in range(0, out.shape[0], len(buf)):
+            chunk = out[s:s + len(buf)]
+            raw = buf[:chunk.shape[0]]
+            if fh.readinto(raw) != raw.nbytes:
+                raise DataError(f"{folder / file}: file shorter than expected")
+            chunk.copy_(torch.from_numpy(raw).transpose(2, 3))
 
-    def labels(file: str, n: int) -> torch.Tensor:
-        path = folder / file
-        if not path.is_file():
-            raise DataError(f"missing file {path}")
-        y = np.fromfile(path, dtype=np.uint8).astype(np.int64) - 1  # stored as 1..10
-        if y.shape[0] != n:
-            raise DataError(f"{path}: {y.shape[0]} labels for {n} images")
-        if n and not 0 <= y.min() <= y.max() < 10:
-            raise DataError(f"{path}: labels must be 1..10, found {y.min() + 1}..{y.max() + 1}")
-        return torch.from_numpy(y)
 
+def _stl_labels(folder: Path, file: str, n: int) -> torch.Tensor:
+    """The ``n`` labels of ``file`` as 0..9 (stored as 1..10), checked."""
+    path = folder / file
+    if not path.is_file():
+        raise DataError(f"missing file {path}")
+    y = np.fromfile(path, dtype=np.uint8).astype(np.int64) - 1  # stored as 1..10
+    if y.shape[0] != n:
+        raise DataError(f"{path}: {y.shape[0]} labels for {n} images")
+    if n and not 0 <= y.min() <= y.max() < 10:
+        raise DataError(f"{path}: labels must be 1..10, found {y.min() + 1}..{y.max() + 1}")
+    return torch.from_numpy(y)
+
+
+def _stl_classes(folder: Path) -> list[str]:
+    """The 10 names of class_names.txt, or class0..class9 without a usable one."""
     classes = [f"class{i}" for i in range(10)]
     names_file = folder / "class_names.txt"
     if names_file.is_file():
         names = [c.strip() for c in names_file.read_text().splitlines() if c.strip()]
         if len(names) == 10:
             classes = names
-    n_train, n_test = count("train_X.bin"), count("test_X.bin")
-    n_unl = count("unlabeled_X.bin") if (folder / "unlabeled_X.bin").is_file() else 0
+    return classes
+
+
+def _stl10(root: Path, download: bool, image_size: int | None) -> DataSplits:
+    folder = root / "stl10_binary"
+    if not folder.is_dir():
+        if not download:
+            raise _missing("stl10", root, folder)
+        _download("stl10", root)
+    classes = _stl_classes(folder)
+    n_train, n_test = _stl_count(folder, "train_X.bin"), _stl_count(folder, "test_X.bin")
+    n_unl = _stl_count(folder, "unlabeled_X.bin") if (folder / "unlabeled_X.bin").is_file() else 0
     # train and unlabeled share one buffer: the labelled split is a view of its first rows
     everything = torch.empty((n_train + n_unl, 3, 96, 96), dtype=torch.uint8)
-    read_into("train_X.bin", everything[:n_train])
+    _stl_read_into(folder, "train_X.bin", everything[:n_train])
     if n_unl:
-        read_into("unlabeled_X.bin", everything[n_train:])
+        _stl_read_into(folder, "unlabeled_X.bin", everything[n_train:])
     x_test = torch.empty((n_test, 3, 96, 96), dtype=torch.uint8)
-    read_into("test_X.bin", x_test)
+    _stl_read_into(folder, "test_X.bin", x_test)
     if image_size:
         everything, x_test = resize_images(everything, image_size), resize_images(x_test,
                                                                                  image_size)
-    y_train = labels("train_y.bin", n_train)
+    y_train = _stl_labels(folder, "train_y.bin", n_train)
     labelled = TensorImages("stl10:train", everything[:n_train], y_train, classes)
-    test = TensorImages("stl10:test", x_test, labels("test_y.bin", n_test), classes)
+    test = TensorImages("stl10:test", x_test, _stl_labels(folder, "test_y.bin", n_test), classes)
     ssl = labelled
     if n_unl:
         y_all = torch.cat([y_train, torch.full((n_unl,), -1, dtype=torch.long)])

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -285,6 +286,51 @@ def linear_probe(train_feats, train_labels, test_feats, test_labels, *, seed: in
     te = Features(test_feats, device, "test features")
     ytr = _labels(train_labels)
     yte = _labels(test_labels)
+    lr, num_classes = _check_probe_inputs(tr, te, ytr, yte, weight_decays, epochs, batch_size,
+                                          lr, num_classes)
+    with _threads_for(tr.n * tr.dim):
+        mean, std = feature_statistics(tr)
+        fit_idx, val_idx = stratified_split(ytr, val_fraction, seed)
+        fit_rows, val_rows = fit_idx.numpy(), val_idx.numpy()
+        all_rows = np.arange(tr.n)
+        sweeping = len(val_rows) > 0 and len(weight_decays) > 1
+        total = schedule(epochs, tr.n, batch_size, min_steps)[1]
+        if sweeping:
+            total += schedule(epochs, len(fit_rows), batch_size, min_steps)[1]
+        bar, task = _progress(console, total, "linear probe") if console is not None else (
+            None, None)
+        kw = dict(mean=mean, std=std, epochs=epochs, batch_size=batch_size, lr=lr,
+                  min_steps=min_steps, seed=seed,
+                  progress=(lambda: bar.advance(task)) if bar is not None else None)
+        ytr_dev, yte_dev = ytr.to(device), yte.to(device)
+        with bar or contextlib.nullcontext():
+            if sweeping:
+                best, sweep, sweep_loss = _sweep_weight_decay(
+                    tr, ytr_dev, fit_rows, val_rows, num_classes, weight_decays, kw)
+            else:  # nothing to choose or nothing to choose on
+                best, sweep, sweep_loss = sorted(weight_decays)[len(weight_decays) // 2], {}, {}
+            w, b, steps = fit_probe(tr, ytr_dev, all_rows, num_classes, (best,), **kw)
+        test_top1 = score(te, yte_dev, np.arange(te.n), w, b, mean=mean, std=std)[0][0]
+        train_top1 = score(tr, ytr_dev, all_rows, w, b, mean=mean, std=std)[0][0]
+    return {
+        "test_top1": test_top1,
+        "val_top1": sweep.get(best),
+        "train_top1": train_top1,
+        "weight_decay": best,
+        "sweep_val_top1": {repr(wd): acc for wd, acc in sweep.items()},
+        "sweep_val_loss": {repr(wd): loss for wd, loss in sweep_loss.items()},
+        "steps": steps, "epochs": schedule(epochs, tr.n, batch_size, min_steps)[0],
+        "batch_size": batch_size, "lr": lr,
+        "n_fit": int(len(fit_rows)), "n_val": int(len(val_rows)),
+        "recipe": _recipe(lr, batch_size, epochs, min_steps, weight_decays, val_fraction, seed),
+    }
+
+
+def _check_probe_inputs(tr: Features, te: Features, ytr: torch.Tensor, yte: torch.Tensor,
+                        weight_decays: tuple[float, ...], epochs: int, batch_size: int,
+                        lr: float | None, num_classes: int | None) -> tuple[float, int]:
+    """One-line errors for inputs the probe cannot take; the learning rate (default
+    ``LR_SQRT_DIM / sqrt(D)``) and the number of classes (default: from the labels)."""
     if len(ytr) != tr.n or len(yte) != te.n:
         raise UserError(f"linear probe: {len(ytr)} / {len(yte)} labels for {tr.n} / "
                         f"{te.n} train / test features")
@@ -302,51 +348,30 @@ def linear_probe(train_feats, train_labels, test_feats, test_labels, *, seed: in
         num_classes = int(max(ytr.max(), yte.max())) + 1
     if int(min(ytr.min(), yte.min())) < 0 or int(max(ytr.max(), yte.max())) >= num_classes:
         raise UserError(f"linear probe labels must lie in [0, {num_classes})")
+    return lr, num_classes
 
-    with _threads_for(tr.n * tr.dim):
-        mean, std = feature_statistics(tr)
-        fit_idx, val_idx = stratified_split(ytr, val_fraction, seed)
-        fit_rows, val_rows = fit_idx.numpy(), val_idx.numpy()
-        all_rows = np.arange(tr.n)
-        sweeping = len(val_rows) > 0 and len(weight_decays) > 1
-        total = schedule(epochs, tr.n, batch_size, min_steps)[1]
-        if sweeping:
-            total += schedule(epochs, len(fit_rows), batch_size, min_steps)[1]
-        bar, task = _progress(console, total, "linear probe") if console is not None else (
-            None, None)
-        kw = dict(mean=mean, std=std, epochs=epochs, batch_size=batch_size, lr=lr,
-                  min_steps=min_steps, seed=seed,
-                  progress=(lambda: bar.advance(task)) if bar is not None else None)
-        ytr_dev, yte_dev = ytr.to(device), yte.to(device)
-        with bar or contextlib.nullcontext():
-            sweep: dict[float, float] = {}
-            sweep_loss: dict[float, float] = {}
-            if sweeping:
-                w, b, _ = fit_probe(tr, ytr_dev, fit_rows, num_classes, weight_decays, **kw)
-                accs, losses = score(tr, ytr_dev, val_rows, w, b, mean=mean, std=std)
-                sweep = dict(zip(weight_decays, accs))
-                sweep_loss = dict(zip(weight_decays, losses))
-                # ties in accuracy (common on small validation splits): the lower validation loss
-                best = max(weight_decays, key=lambda wd: (sweep[wd], -sweep_loss[wd]))
-            else:  # nothing to choose or nothing to choose on
-                best = sorted(weight_decays)[len(weight_decays) // 2]
-            w, b, steps = fit_probe(tr, ytr_dev, all_rows, num_classes, (best,), **kw)
-        test_top1 = score(te, yte_dev, np.arange(te.n), w, b, mean=mean, std=std)[0][0]
-        train_top1 = score(tr, ytr_dev, all_rows, w, b, mean=mean, std=std)[0][0]
-    fit_epochs = schedule(epochs, tr.n, batch_size, min_steps)[0]
-    return {
-        "test_top1": test_top1,
-        "val_top1": sweep.get(best),
-        "train_top1": train_top1,
-        "weight_decay": best,
-        "sweep_val_top1": {repr(wd): acc for wd, acc in sweep.items()},
-        "sweep_val_loss": {repr(wd): loss for wd, loss in sweep_loss.items()},
-        "steps": steps, "epochs": fit_epochs, "batch_size": batch_size, "lr": lr,
-        "n_fit": int(len(fit_rows)), "n_val": int(len(val_rows)),
-        "recipe": (f"features standardised with train statistics; multinomial logistic "
-                   f"regression (mean cross-entropy + wd/2 ||W||^2) from zero, Adam lr {lr:.3g} "
-                   f"with cosine decay, batch {batch_size}, {epochs} epochs (at least "
-                   f"{min_steps} steps); wd chosen among {list(weight_decays)} by accuracy "
-                   f"(ties: cross-entropy) on a stratified {val_fraction:.0%} validation split "
-                   f"of train (seed {seed}); refit on all train; test top-1 of that final model"),
-    }
+
+def _sweep_weight_decay(tr: Features, ytr: torch.Tensor, fit_rows: np.ndarray,
+                        val_rows: np.ndarray, num_classes: int,
+                        weight_decays: tuple[float, ...], kw: dict[str, Any]
+                        ) -> tuple[float, dict[float, float], dict[float, float]]:
+    """Fit one probe per weight decay on ``fit_rows`` (``kw``: ``fit_probe``'s settings) and
+    score them on ``val_rows``: (the winner, validation top-1 and loss per weight decay)."""
+    w, b, _ = fit_probe(tr, ytr, fit_rows, num_classes, weight_decays, **kw)
+    accs, losses = score(tr, ytr, val_rows, w, b, mean=kw["mean"], std=kw["std"])
+    sweep = dict(zip(weight_decays, accs))
+    sweep_loss = dict(zip(weight_decays, losses))
+    # ties in accuracy (common on small validation splits): the lower validation loss
+    best = max(weight_decays, key=lambda wd: (sweep[wd], -sweep_loss[wd]))
+    return best, sweep, sweep_loss
+
+
+def _recipe(lr: float, batch_size: int, epochs: int, min_steps: int,
+            weight_decays: tuple[float, ...], val_fraction: float, seed: int) -> str:
+    """The probe's protocol in one sentence (saved with every result)."""
+    return (f"features standardised with train statistics; multinomial logistic "
+            f"regression (mean cross-entropy + wd/2 ||W||^2) from zero, Adam lr {lr:.3g} "
+            f"with cosine decay, batch {batch_size}, {epochs} epochs (at least "
+            f"{min_steps} steps); wd chosen among {list(weight_decays)} by accuracy "
+            f"(ties: cross-entropy) on a stratified {val_fraction:.0%} validation split "
+            f"of train (seed {seed}); refit on all train; test top-1 of that final model")
