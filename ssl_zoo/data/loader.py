@@ -40,6 +40,8 @@ batch comes out as canvases and sizes already on that device.
 
 from __future__ import annotations
 
+import atexit
+import multiprocessing
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -53,6 +55,19 @@ from ssl_zoo.errors import DataError
 
 LOADER_PREFETCH = 4
 """Batches each loader worker prepares ahead (DataLoader ``prefetch_factor``)."""
+
+
+def _kill_leftover_workers() -> None:
+    """At interpreter exit, SIGKILL the daemonic children still alive (loader workers of a
+    loader nobody closed): they ignore SIGTERM (below), so multiprocessing's own exit handler,
+    which terminates daemonic children with SIGTERM and then joins them, would wait forever.
+    Registered after multiprocessing's handler, so it runs before it."""
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            child.kill()
+
+
+atexit.register(_kill_leftover_workers)
 
 
 def _ignore_stop_signals(_worker_id: int) -> None:
