@@ -29,8 +29,8 @@ MEMORY_LIMIT_GB = 16  # the child fails cleanly (MemoryError) instead of swappin
 
 
 def child(method: str, batch: int, device: str, reps: int) -> dict:
-    from methods.simclr import nt_xent
-    from methods.swav import sinkhorn, swapped_prediction_loss
+    from ssl_zoo_methods.simclr import nt_xent
+    from ssl_zoo_methods.swav import sinkhorn, swapped_prediction_loss
 
     if device == "cpu":
         limit = MEMORY_LIMIT_GB * 2**30

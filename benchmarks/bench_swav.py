@@ -73,7 +73,7 @@ def lightly_child(npz: Path, epochs: int, n_local: int, cfg: dict) -> dict:
     from PIL import Image
     from torch.utils.data import DataLoader, Dataset
 
-    from methods.swav import SwAVConfig
+    from ssl_zoo_methods.swav import SwAVConfig
     from ssl_zoo.backbones import build_backbone
     from ssl_zoo.config import from_dict
     from ssl_zoo.data.sources import open_source

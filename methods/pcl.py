@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.moco import MoCo, MoCoConfig
+from ssl_zoo_methods.moco import MoCo, MoCoConfig
 from ssl_zoo.data.views import Views
 from ssl_zoo.errors import ConfigError
 from ssl_zoo.evaluation.faiss_utils import kmeans

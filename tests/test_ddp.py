@@ -8,26 +8,26 @@ from ddp_harness import TinyNet, compare_one_vs_two, kill_launcher_and_ranks, ma
 
 
 def build_swav():
-    from methods.swav import SwAV, SwAVConfig
+    from ssl_zoo_methods.swav import SwAV, SwAVConfig
 
     return SwAV(TinyNet(), 24, SwAVConfig(num_prototypes=12, feat_dim=8, hidden_dim=16,
                                           queue_length=16, queue_start_epoch=0))
 
 
 def build_simclr():
-    from methods.simclr import SimCLR, SimCLRConfig
+    from ssl_zoo_methods.simclr import SimCLR, SimCLRConfig
 
     return SimCLR(TinyNet(), 24, SimCLRConfig())
 
 
 def build_moco():
-    from methods.moco import MoCo, MoCoConfig
+    from ssl_zoo_methods.moco import MoCo, MoCoConfig
 
     return MoCo(TinyNet(), 24, MoCoConfig(queue_length=24, proj_dim=8, shuffle_bn_groups=1))
 
 
 def build_pcl():
-    from methods.pcl import PCL, PCLConfig
+    from ssl_zoo_methods.pcl import PCL, PCLConfig
 
     return PCL(TinyNet(), 24, PCLConfig(queue_length=24, proj_dim=8, shuffle_bn_groups=1,
                                         warmup_epochs=0, num_clusters=(2, 3),

@@ -69,7 +69,7 @@ def test_no_host_sync_in_vit_steps(tmp_path, monkeypatch):
 
 
 def _build_vit_swav():
-    from methods.swav import SwAV, SwAVConfig
+    from ssl_zoo_methods.swav import SwAV, SwAVConfig
     from ssl_zoo.backbones import build_backbone
 
     net, dim = build_backbone(f"timm:{MODEL}", args=TINY)

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from lightly.loss import NTXentLoss
 from torch import nn
 
-from methods.moco import MoCo, MoCoConfig, info_nce, info_nce_logits, shuffled_bn_keys
+from ssl_zoo_methods.moco import MoCo, MoCoConfig, info_nce, info_nce_logits, shuffled_bn_keys
 from ssl_zoo.backbones import ConvNet
 from ssl_zoo.data.views import Views
 from ssl_zoo.errors import ConfigError

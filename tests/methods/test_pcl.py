@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from methods.pcl import (
+from ssl_zoo_methods.pcl import (
     PCL,
     PCLConfig,
     candidate_prototypes,
@@ -330,7 +330,7 @@ def test_each_image_is_pulled_to_the_centroid_its_index_was_assigned_to(monkeypa
     """Hand-made clusterings, written as {dataset index: cluster} per level: in forward, each
     query's positive logit is its own image's centroid (normalised) / that cluster's phi, at
     every level, and the ProtoNCE loss equals a loop over those hand-made assignments."""
-    import methods.pcl as pcl_module
+    import ssl_zoo_methods.pcl as pcl_module
 
     x = _dataset()
     m = _method(num_negative_prototypes=0)  # no random negatives: the candidates are known

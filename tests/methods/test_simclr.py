@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from lightly.loss import NTXentLoss
 
-from methods.simclr import SimCLR, SimCLRConfig, nt_xent
+from ssl_zoo_methods.simclr import SimCLR, SimCLRConfig, nt_xent
 from ssl_zoo.backbones import ConvNet
 from ssl_zoo.data.views import Views
 from ssl_zoo.errors import ConfigError

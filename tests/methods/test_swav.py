@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from torch import nn
 
-from methods.swav import SwAV, SwAVConfig, sinkhorn, swapped_prediction_loss
+from ssl_zoo_methods.swav import SwAV, SwAVConfig, sinkhorn, swapped_prediction_loss
 from ssl_zoo.assemble import resolve
 from ssl_zoo.config import from_dict
 from ssl_zoo.data.views import Views
@@ -796,7 +796,7 @@ def test_metrics_that_cost_time_are_computed_on_log_steps_only():
 
 
 def test_collapse_remedies_fit_the_config():
-    from methods.swav import collapse_remedies, queue_remedies
+    from ssl_zoo_methods.swav import collapse_remedies, queue_remedies
 
     paper = collapse_remedies(SwAVConfig(epsilon=0.05))
     assert any("method.epsilon=0.03" in r for r in paper)

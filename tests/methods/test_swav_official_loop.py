@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.swav import SwAV, SwAVConfig
+from ssl_zoo_methods.swav import SwAV, SwAVConfig
 from ssl_zoo.data.views import Views
 from ssl_zoo.method import TrainContext
 from ssl_zoo.optim import build_optimizer
