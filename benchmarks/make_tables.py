@@ -66,6 +66,32 @@ def table_folder(r: dict) -> str:
     return "\n".join(lines)
 
 
+def table_canvas(r: dict) -> str:
+    cs = [str(c) for c in r["canvases"]]
+    name = {cs[0]: f"{cs[0]} (before: the eval canvas)", str(r["auto_canvas"]):
+            f"{r['auto_canvas']} (canvas=auto, the default now)"}
+    lines = ["| canvas (px) | global crops: source px per output px, ours / torchvision | "
+             "the same, capped at 1 px per px | period-6-px grating: correlation with "
+             "torchvision's crop / contrast kept | store bytes per image | decode time | crop "
+             "time (2x224 + 6x96) |",
+             "|---|---|---|---|---|---|---|"]
+    for c in cs:
+        x = r["summary"][c]
+        lines.append(f"| {name.get(c, c)} | {x['global_vs_torchvision']:.2f} | "
+                     f"{x['global_vs_torchvision_capped']:.2f} | {x['global_correlation']:.2f} / "
+                     f"{x['global_contrast_kept']:.2f} "
+                     f"| {x['store_bytes_per_image']:,.0f} | {x['decode_vs_256']:.2f}x | "
+                     f"{x['crops_vs_256']:.2f}x |")
+    lines += ["", "| image | crops | torchvision: source px per output px | "
+              + " | ".join(f"ours at {c}: raw / capped" for c in cs) + " |",
+              "|---|---|---|" + "---|" * len(cs)]
+    for g in r["geometry"]:
+        lines.append(f"| {g['image']} | {g['group']} | {g['torchvision_src_px_per_out_px']:.2f} | "
+                     + " | ".join(f"{g[c]['vs_torchvision']:.2f} / "
+                                  f"{g[c]['vs_torchvision_capped']:.2f}" for c in cs) + " |")
+    return "\n".join(lines)
+
+
 def table_knn(r: dict) -> str:
     lines = ["| search | time (s) | agreement with sklearn |", "|---|---|---|"]
     for row in r["rows"]:
@@ -132,12 +158,15 @@ def table_claims(r: dict) -> str:
 def table_sweep(r: dict) -> str:
     lines = ["| setting | changes | seeds | kNN k=20 mean | sd | min-max | vs base, same seeds | "
              "final loss | images/s |", "|---|---|---|---|---|---|---|---|---|"]
-    base = next((x["knn_k20_per_seed"] for x in r["rows"] if x["cell"] == "default"), None)
+    per_seed = {x["cell"]: x["knn_k20_per_seed"] for x in r["rows"]}
     for x in r["rows"]:
         sd = "-" if x["knn_k20_sd"] is None else f"{x['knn_k20_sd']:.3f}"
+        ref = x.get("vs_cell", "default")  # later rounds compare with the then defaults
+        base = per_seed.get(ref)
         common = sorted(set(base or {}) & set(x["knn_k20_per_seed"]))
-        delta = "-" if not common or x["cell"] == "default" else \
+        delta = "-" if not common or x["cell"] == ref else \
             f"{sum(x['knn_k20_per_seed'][k] - base[k] for k in common) / len(common):+.3f}"
+        delta += f" (vs {ref})" if ref != "default" and common else ""
         lines.append(f"| {x['cell']} | {x['changes']} | {len(x['seeds'])} | "
                      f"{x['knn_k20_mean']:.3f} | {sd} | {x['knn_k20_min']:.3f}-"
                      f"{x['knn_k20_max']:.3f} | {delta} | {x['final_loss_mean']:.2f} | "
@@ -242,6 +271,7 @@ def table_eval_scale(r: dict) -> str:
 LOADERS = {"step": load_step}
 
 TABLES = {"views": table_views, "folder": table_folder, "folder_cuda": table_folder,
+          "canvas": table_canvas,
           "knn": table_knn,
           "swav_vs_lightly": table_swav,
           "compare": table_compare, "swav_claims": table_claims, "swav_sweep": table_sweep,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from ssl_zoo.config import (
     validate_view_spec,
     view_spec_from_dict,
 )
+from ssl_zoo.data.folders import run_canvas
 from ssl_zoo.data.sources import DataSplits, open_source
 from ssl_zoo.data.stats import IMAGENET, known_stats, source_stats
 from ssl_zoo.data.views import ViewSpec
@@ -113,6 +115,8 @@ def resolve(base: dict[str, Any] | None = None, sets: list[str] | tuple[str, ...
         f"views.groups.{i}.size": g.size for i, g in enumerate(spec.groups)}},
         stem=cfg.backbone_stem, image_size=image_size, args=cfg.backbone_args)
     cls.check_views(method_config, spec)
+    if splits is not None:
+        _fit_canvas(splits, run_canvas(cfg.canvas, spec, image_size))
     world = world_size or int(os.environ.get("WORLD_SIZE", "1"))
     method_config.validate(image_size, cfg.train.batch_size * world,
                            len(splits.train) if splits is not None else 0)
@@ -190,6 +194,15 @@ def _view_spec(cls: type[Method], method_config: MethodConfig, image_size: int, 
     return spec
 
 
+def _fit_canvas(splits: DataSplits, side: int) -> None:
+    """Every split of a source that decodes image files holds ``side``-px canvases (the
+    crops' canvas, docs/design.md "Data flow"); a store of smaller ones says so, once."""
+    notes = {ds.use_canvas(side) for ds in (splits.train, splits.eval_train, splits.test)
+             if ds is not None}
+    for note in sorted(n for n in notes if n):
+        warnings.warn(note, stacklevel=3)
+
+
 def _check_settings_of_groups_off(spec, view_sets: list[str]) -> None:
     """A ``--set views.groups.N.<field>`` on a group whose count is 0 would silently do nothing
     (the group is left out): say so instead (SwAV's 32-px local group is off by default)."""
@@ -263,6 +276,7 @@ def resume(run_dir: str | Path, sets: list[str] | tuple[str, ...] = (),
     """The run saved in ``run_dir``, with ``sets`` that may change nothing of what it was
     made with (a one-line error names the fields that differ)."""
     saved = saved_config(run_dir)
+    saved.setdefault("canvas", "eval")  # runs made before `canvas` decoded at the eval size
     run = resolve(saved, sets, open_data=open_data)
     diff = config_differences(saved, run.summary())
     if diff:
@@ -276,6 +290,7 @@ def from_checkpoint(state: dict[str, Any], sets: list[str] | tuple[str, ...] = (
     if not isinstance(state, dict) or "config" not in state or "model" not in state:
         raise UserError("not an ssl-zoo training checkpoint")
     saved = json.loads(state["config"])
+    saved.setdefault("canvas", "eval")  # as resume
     return resolve(saved, sets)
 
 

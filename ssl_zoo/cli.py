@@ -117,8 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
                                         "store (train from it with --dataset prepared:DIR)")
     pr.add_argument("source", help="folder:PATH")
     pr.add_argument("--out", required=True, help="store directory")
-    pr.add_argument("--canvas", type=int, help="stored side in px (default 256): the whole "
-                                               "image, stretched; crops keep its geometry")
+    pr.add_argument("--canvas", type=int, help="stored side in px (default 599: enough for "
+                                               "224-px crops at scale >= 0.14; a run's "
+                                               "canvas=auto asks for ceil(size / sqrt(min "
+                                               "scale))): the whole image, stretched; crops "
+                                               "keep its geometry")
     pr.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                     help="decoding processes")
     pr.add_argument("--skip-bad-images", action="store_true",

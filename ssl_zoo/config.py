@@ -164,6 +164,12 @@ class RunConfig:
     image_size: int = 0
     """Working image size: folders are decoded to it, in-memory sources resized to it once
     when opened (0: the source's own size, or 64 for folders)."""
+    canvas: int | str = "auto"
+    """Side (px) of the square canvas image files are decoded into (folders; a prepared store
+    keeps the canvas it was made with): ``auto``, enough pixels for every crop group
+    (ceil(size / sqrt(min scale)), at least the evaluation canvas; 599 for 2x224 at 0.14 +
+    6x96 at 0.05), ``eval``, the evaluation resize size (256 for 224: runs made before this
+    setting), or a side in px. In-memory sources ignore it."""
     data_root: str = ""
     download: bool = False
     skip_bad_images: bool = False
@@ -236,6 +242,8 @@ def validate_run_config(cfg: RunConfig) -> None:
         (t.skip_nonfinite >= 0, "train.skip_nonfinite must be >= 0"),
         (t.max_steps >= 0, "train.max_steps must be >= 0"),
         (cfg.image_size >= 0, "image_size must be >= 0"),
+        (cfg.canvas in ("auto", "eval") or (isinstance(cfg.canvas, int) and cfg.canvas >= 1),
+         f"canvas must be auto, eval or a side in px >= 1, got {cfg.canvas!r}"),
         (cfg.eval.batch_size >= 1, "eval.batch_size must be >= 1"),
         (cfg.eval.linear_epochs >= 1, "eval.linear_epochs must be >= 1"),
         (cfg.eval.linear_batch_size >= 1, "eval.linear_batch_size must be >= 1"),

@@ -47,6 +47,8 @@ def test_readme_large_image_example_trains_on_2x224_and_6x96_crops_of_whole_imag
     assert [tuple(g["scale"]) for g in groups] == [(0.14, 1.0), (0.05, 0.14)]
     assert len(seen) == 2
     for shape, sizes, crops in seen:
-        assert shape == (4, 3, 256, 256)  # the whole image on a 256-px canvas
+        # the whole image on the canvas its crops ask for (canvas=auto: 224 px at scale
+        # >= 0.14 needs ceil(224 / sqrt(0.14)) = 599)
+        assert shape == (4, 3, 599, 599)
         assert set(map(tuple, sizes.tolist())) <= set(SHAPES)  # boxes drawn in the originals
         assert crops == [torch.Size([8, 3, 224, 224]), torch.Size([24, 3, 96, 96])]

@@ -46,6 +46,12 @@ class ImageDataset:
         """(images, index, original sizes (b, 2) or None when the images are their own)."""
         return self.load(index), index, None
 
+    def use_canvas(self, side: int) -> str | None:
+        """Hold canvases of ``side`` px from now on (datasets that decode image files), or say
+        in one line why this dataset cannot (a store of smaller canvases); None when done or
+        when there is nothing to do (in-memory images are their own originals)."""
+        return None
+
     def __repr__(self) -> str:
         kind = "unlabelled" if self.labels is None else f"{len(self.classes or [])} classes"
         return f"{type(self).__name__}({self.name!r}, {len(self)} images, " \

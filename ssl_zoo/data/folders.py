@@ -1,8 +1,10 @@
 """Folders of image files: whole images decoded at reduced size, in the loader's workers, into a
-canvas with their original sizes; bad files named or skipped (see ``ssl_zoo.data.sources``)."""
+canvas with their original sizes; bad files named or skipped (see ``ssl_zoo.data.sources``).
+The canvas side comes from the crops a run asks for (:func:`run_canvas`)."""
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from pathlib import Path
@@ -11,7 +13,7 @@ import torch
 
 from ssl_zoo.data.datasets import DataSplits, ImageDataset
 from ssl_zoo.data.decode import decode_image, decode_on_device, read_for_device
-from ssl_zoo.data.views import EVAL_CROP_FRACTION
+from ssl_zoo.data.views import EVAL_CROP_FRACTION, ViewSpec
 from ssl_zoo.errors import DataError
 
 DEFAULT_FOLDER_SIZE = 64
@@ -28,10 +30,35 @@ _MAX_SUBSTITUTE_TRIES = 64
 # image folders
 # --------------------------------------------------------------------------------------------
 def folder_canvas(image_size: int) -> int:
-    """Canvas side (px) folder images are decoded into for ``image_size``-px views: the
-    evaluation view's resize size (256 for 224), so its centre crop of a square image is read at
-    full resolution."""
+    """Canvas side (px) folder images are decoded into for ``image_size``-px views when the
+    crops are not known (``open_source``; ``canvas=eval``): the evaluation view's resize size
+    (256 for 224), so its centre crop of a square image is read at full resolution."""
     return max(image_size, int(image_size / EVAL_CROP_FRACTION))
+
+
+def crop_canvas(size: int, min_scale: float) -> int:
+    """Canvas side (px) at which every crop of ``size`` px and area fraction >= ``min_scale``
+    still reads >= ``size`` canvas pixels across (geometric mean of its two sides): the crop
+    covers ``min_scale`` of the canvas' C^2 pixels, sqrt(min_scale) * C >= size, so
+    C = ceil(size / sqrt(min_scale)) (224 px at 0.14: 599; 96 px at 0.05: 430)."""
+    return math.ceil(size / math.sqrt(min_scale) - 1e-9)  # 1e-9: 32 / sqrt(0.25) is 64
+
+
+def canvas_for_views(spec: ViewSpec, image_size: int) -> int:
+    """The ``canvas=auto`` side (px) for a run's crops: the largest :func:`crop_canvas` of its
+    crop groups, and at least the evaluation canvas (:func:`folder_canvas`)."""
+    return max([folder_canvas(image_size)]
+               + [crop_canvas(g.size, g.scale[0]) for g in spec.groups if g.count > 0])
+
+
+def run_canvas(canvas: int | str, spec: ViewSpec, image_size: int) -> int:
+    """The canvas side (px) of ``canvas``: ``auto`` (:func:`canvas_for_views`), ``eval`` (the
+    evaluation canvas, what runs made before ``canvas`` existed used) or a side in px."""
+    if canvas == "auto":
+        return canvas_for_views(spec, image_size)
+    if canvas == "eval":
+        return folder_canvas(image_size)
+    return int(canvas)
 
 
 def _why(exc: Exception) -> str:
@@ -82,6 +109,11 @@ class FolderImages(ImageDataset):
         self.skip_bad = skip_bad
         self.skipped_at_open = skipped_at_open
         self.bad_while_decoding: dict[int, str] = {}
+
+    def use_canvas(self, side: int) -> str | None:
+        """Decode into ``side``-px canvases from now on (the run's canvas: ``run_canvas``)."""
+        self.canvas_size = side
+        return None
 
     @property
     def skipped(self) -> int:  # type: ignore[override]

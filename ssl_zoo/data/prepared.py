@@ -3,8 +3,9 @@
 ``ssl-zoo prepare folder:PATH --out DIR`` decodes every image of the folder (its train/ and
 test/ or val/ splits, class sub-folders as labels) into the canvas layout of
 ``ssl_zoo.data.decode`` (the whole image stretched to ``canvas`` x ``canvas``, its original
-size kept), and ``--dataset prepared:DIR`` trains from it with no image decoding at all; the
-crops are still drawn in each original's geometry. Layout of DIR::
+size kept; ``DEFAULT_CANVAS`` px unless ``--canvas`` says otherwise), and ``--dataset
+prepared:DIR`` trains from it with no image decoding at all; the crops are still drawn in each
+original's geometry (a run whose crops ask for a larger canvas says so once). Layout of DIR::
 
     manifest.json          written last, atomically: format, version, canvas, classes, the
                            source's fingerprint, per split its image count, skipped rows (and
@@ -36,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from ssl_zoo.data.folders import crop_canvas
 from ssl_zoo.data.loader import fetch_in_workers
 from ssl_zoo.data.prepared_store import (
     FORMAT,
@@ -57,8 +59,11 @@ from ssl_zoo.data.sources import (
 )
 from ssl_zoo.errors import DataError
 
-DEFAULT_CANVAS = 256
-"""Canvas side (px) of ``ssl-zoo prepare``: the evaluation resize size of 224-px views."""
+DEFAULT_CANVAS = crop_canvas(224, 0.14)
+"""Canvas side (px) of ``ssl-zoo prepare``: 599, enough pixels for 224-px crops of area
+fraction >= 0.14 (SwAV's ImageNet global crops; its 96-px local crops at 0.05 need 430), what
+``canvas=auto`` asks for with those crops (``folders.crop_canvas``). Crops at MoCo v2 /
+SimCLR's 0.08 would ask for 792; a run whose crops ask for more than its store holds says so."""
 CHUNK_IMAGES = 256
 """Images decoded and written between two progress records."""
 _FILES = STORE_FILES

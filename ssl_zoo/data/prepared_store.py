@@ -49,6 +49,15 @@ class PreparedImages(ImageDataset):
     def __len__(self) -> int:
         return len(self.rows)
 
+    def use_canvas(self, side: int) -> str | None:
+        """The store keeps its canvas; a one-line note when the run's crops ask for more."""
+        if side <= self.canvas_size:
+            return None
+        return (f"{self.name.rsplit(':', 1)[0]}: its canvas is {self.canvas_size} px, the crops "
+                f"ask for {side} px, so small crops are upsampled from fewer pixels than the "
+                f"originals hold; prepare it again with --canvas {side} (or set "
+                f"canvas={self.canvas_size} to accept it)")
+
     def fetch(self, indices: list[int]):
         """A batch read from the store (in a worker): canvases, ok-mask, index, error texts,
         original sizes."""

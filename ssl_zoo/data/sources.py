@@ -18,10 +18,12 @@ Spec strings (``open_source``):
 In-memory sources are one uint8 tensor and index in the main process; ``image_size`` resizes
 them once, at open time, when it differs from theirs, and they are their own originals. Folder
 images are decoded lazily, in the loader's worker processes, whole, into a square canvas of
-``folder_canvas(image_size)`` px (the evaluation resize size: 256 for 224), with their original
-(height, width) kept beside them (``ssl_zoo.data.decode``): crops are drawn in each original's
-geometry, and ``image_size`` (default ``DEFAULT_FOLDER_SIZE`` = 64 px) is the size the model
-sees (the default global crop and the evaluation view), not a pre-crop of the image.
+``folder_canvas(image_size)`` px (the evaluation resize size: 256 for 224) when opened alone, and
+of the run's ``canvas`` once its crops are known (``folders.run_canvas``; ``auto``: enough
+pixels for the smallest crop of each group, 599 for SwAV's 2x224 at scale 0.14), with their
+original (height, width) kept beside them (``ssl_zoo.data.decode``): crops are drawn in each
+original's geometry, and ``image_size`` (default ``DEFAULT_FOLDER_SIZE`` = 64 px) is the size the
+model sees (the default global crop and the evaluation view), not a pre-crop of the image.
 
 Bad folder files are found in two layers. At open time each file is checked cheaply (its
 suffix, then a PIL header parse and ``Image.verify``; about 30 us per JPEG, 90 us per PNG,

@@ -31,7 +31,12 @@ from ssl_zoo.data.views.blur import (
     blur_rows_,
     separable_blur,
 )
-from ssl_zoo.data.views.boxes import boxes_from_uniforms, canvas_boxes, fallback_boxes
+from ssl_zoo.data.views.boxes import (
+    boxes_from_uniforms,
+    canvas_boxes,
+    fallback_boxes,
+    source_pixels_per_output,
+)
 from ssl_zoo.data.views.builders import distorted_crops, multi_crop, two_crops
 from ssl_zoo.data.views.checks import check_batch, check_sizes
 from ssl_zoo.data.views.colour import (
@@ -72,5 +77,6 @@ __all__ = [
     "canvas_boxes", "check_batch", "check_sizes", "color_jitter", "crop_resize",
     "distorted_crops", "draw_params", "eval_boxes", "eval_view", "fallback_boxes",
     "jitter_factors", "make_views", "multi_crop", "normalise_", "rgb_to_grayscale",
-    "roi_resize", "separable_blur", "skip_view_draws", "solarize", "two_crops",
+    "roi_resize", "separable_blur", "skip_view_draws", "solarize", "source_pixels_per_output",
+    "two_crops",
 ]

@@ -95,3 +95,17 @@ def canvas_boxes(boxes: torch.Tensor, sizes: torch.Tensor, height: int, width: i
     s = sizes.to(boxes.dtype)
     sy, sx = height / s[:, 0], width / s[:, 1]
     return boxes * torch.stack([sy, sx, sy, sx], dim=1)
+
+
+def source_pixels_per_output(boxes: torch.Tensor, sizes: torch.Tensor, size: int,
+                             canvas: int | None = None) -> torch.Tensor:
+    """(n, 2) source pixels per output pixel (along height, width) of crops of ``size`` px
+    cut at ``boxes`` (top, left, h, w in original pixels) of originals of ``sizes`` (n, 2):
+    the box's extent in original pixels over ``size`` (torchvision's ``RandomResizedCrop`` on
+    the original; ``canvas`` None), or, cut from a ``canvas`` x ``canvas`` stretched canvas,
+    its extent there, but no more than the original's pixels it covers (a canvas larger than
+    the original adds none): box x min(canvas / original, 1) / size."""
+    extent = boxes[:, 2:4].double()
+    if canvas is not None:
+        extent = extent * (canvas / sizes.double()).clamp(max=1.0)
+    return extent / size
