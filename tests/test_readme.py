@@ -76,7 +76,7 @@ def _stand_in(argv: list[str], world: Path) -> list[str]:
     """The README's data paths pointed at the stand-ins (and nothing written outside)."""
     out = []
     for a in argv:
-        a = a.replace("/data/imagenet-256", str(world / "imagenet-256"))
+        a = a.replace("/data/imagenet-599", str(world / "imagenet-599"))
         out.append(a.replace("/data/imagenet", str(world / "imagenet")))
     return out
 
