@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import SHARED_NPZ, write_result  # noqa: E402
+from _common import RESULTS, SHARED_NPZ, write_result  # noqa: E402
 from bench_swav import prepared_subset  # noqa: E402
 
 SWEEP_BASE = ["views.groups.1.count=4"]
@@ -67,7 +67,37 @@ CELLS: list[tuple[str, str, list[str]]] = [
      ["views.groups.1.count=0", "method.temperature=0.2"]),
     ("2x32 T=0.2 eps=0.02", "2 crops, temperature 0.2, epsilon 0.02",
      ["views.groups.1.count=0", "method.temperature=0.2", "method.epsilon=0.02"]),
+    # round 3 (issue 26), from the current defaults (2x32): a short queue started late, and the
+    # batch size at equal minutes (epochs from the side-by-side timing run in BATCH_TIMING)
+    ("2x32+queue 256 from ep 4", "a short queue: 2 batches (256 embeddings), filled from "
+     "epoch 4 of 6",
+     ["views.groups.1.count=0", "method.queue_length=256", "method.queue_start_epoch=3"]),
+    ("2x32+queue 384 from ep 5", "a short queue: 3 batches (384 embeddings), filled from "
+     "epoch 5 of 6",
+     ["views.groups.1.count=0", "method.queue_length=384", "method.queue_start_epoch=4"]),
+    ("2x32 batch 64", "batch 64 at the minutes of batch 128: 1.11x its images/s, so 519 "
+     "steps (33,216 images, 6.7 epochs; cosine to the last step)",
+     ["views.groups.1.count=0", "train.batch_size=64", "train.epochs=7",
+      "train.max_steps=519"]),
+    ("2x32 batch 256", "batch 256 at the minutes of batch 128: 0.92x its images/s, so 108 "
+     "steps (27,648 images, 5.5 epochs; cosine to the last step)",
+     ["views.groups.1.count=0", "train.batch_size=256", "train.max_steps=108"]),
 ]
+BATCH_TIMING = {
+    "how": "images/s of batch 64 and 256 relative to batch 128 (2x32, one thread each), "
+           "measured side by side: three 1-epoch runs at once (64: 345, 128: 310, 256: 298 "
+           "img/s), three 2-epoch runs at once read over the window all three were running "
+           "(64: 153, 128: 138, 256: 122), and 256 beside 128 two at a time as the sweep runs "
+           "(68.2 vs 74.9); equal minutes = batch 128's 29,952 images (234 steps) x the "
+           "ratio, as train.max_steps (the warm-up and cosine schedule span those steps)",
+    "ratio_vs_128": {"64": 1.11, "256": 0.92},
+}
+"""How the batch cells' budgets were set (kept in the JSON)."""
+
+VS_CELL = {name: "2x32" for name, _, sets in CELLS
+           if name.startswith("2x32+queue") or name.startswith("2x32 batch")}
+"""The cell each round-3 cell is compared with in the table (the others: the base)."""
+
 
 def logged_runs(log: Path, budget: dict) -> list[dict]:
     """The finished runs kept in ``log`` (JSON lines) under this ``budget``."""
@@ -126,8 +156,20 @@ def summarise(runs: list[dict], cells: list[tuple[str, str, list[str]]]) -> list
                      "knn_k20_min": min(k20), "knn_k20_max": max(k20),
                      "knn_k20_sd": statistics.stdev(k20) if len(k20) > 1 else None,
                      "final_loss_mean": statistics.mean(r["final_loss"] for r in mine),
-                     "images_per_s_mean": statistics.mean(r["images_per_s"] for r in mine)})
+                     "images_per_s_mean": statistics.mean(r["images_per_s"] for r in mine),
+                     **({"vs_cell": VS_CELL[name]} if name in VS_CELL else {})})
     return rows
+
+
+def with_earlier_rows(rows: list[dict], earlier: Path) -> list[dict]:
+    """``rows`` with the rows of an earlier ``swav_sweep.json`` whose cells this log has not
+    run (a sweep run from another log directory keeps the published rows), in CELLS order."""
+    if not earlier.is_file():
+        return rows
+    have = {r["cell"] for r in rows}
+    kept = [r for r in json.loads(earlier.read_text())["rows"] if r["cell"] not in have]
+    order = {name: i for i, (name, _, _) in enumerate(CELLS)}
+    return sorted(rows + kept, key=lambda r: order.get(r["cell"], len(order)))
 
 
 def main() -> None:
@@ -169,14 +211,15 @@ def main() -> None:
 
     if not args.write_only:
         run_logged(log, runs, todo, work, args.jobs)
-    rows = summarise(runs, CELLS)
+    rows = with_earlier_rows(summarise(runs, CELLS), RESULTS / "swav_sweep.json")
     write_result("swav_sweep", {
         "what": (f"SwAV settings one at a time from the pre-sweep defaults, small ConvNet, first "
                  f"{args.n_train} images of the shared CIFAR-10 subset, {args.epochs} epochs, "
                  f"batch 128, Adam warm-up 1 epoch + cosine; kNN top-1 (k=20, T=0.07) on the "
                  f"10,000 test images; {args.jobs} runs at a time, one thread each"
                  + (f"; every cell also sets {', '.join(args.set)}" if args.set else "")),
-        "spread": "min-max over seeds; sd = sample standard deviation", "rows": rows})
+        "spread": "min-max over seeds; sd = sample standard deviation",
+        "batch_timing": BATCH_TIMING, "rows": rows})
 
 
 if __name__ == "__main__":
