@@ -315,7 +315,9 @@ class Trainer:
                 "skipped_bad_images": int(getattr(self.data, "skipped", 0) or 0),
                 "view_spec": to_dict(self.view_spec),
                 "views_made_in": "workers" if self.views_in_workers else "step",
-                "decoded_on": str(self.decode_on) if self.decode_on else "workers"}
+                "decoded_on": str(self.decode_on) if self.decode_on else "workers",
+                # side of the canvases image files are decoded into (None: in-memory images)
+                "canvas_px": getattr(self.data.train, "canvas_size", None)}
         runstate.write_json(self.run_dir / "run_info.json", info)
         self.runlog.open(self.step, resumed=self.resume,
                          texts={"config": to_dict(self.cfg), "run_info": info})

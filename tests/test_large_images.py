@@ -42,7 +42,9 @@ def test_readme_large_image_example_trains_on_2x224_and_6x96_crops_of_whole_imag
                  "--batch-size", "4", "--set", "method.num_prototypes=4", "--set",
                  "train.max_steps=2", "--epochs", "1", "--no-eval", "--no-progress",
                  "--out", str(run)]) == 0
-    groups = json.loads((run / "run_info.json").read_text())["view_spec"]["groups"]
+    info = json.loads((run / "run_info.json").read_text())
+    assert info["canvas_px"] == 599
+    groups = info["view_spec"]["groups"]
     assert [(g["count"], g["size"]) for g in groups] == [(2, 224), (6, 96)]
     assert [tuple(g["scale"]) for g in groups] == [(0.14, 1.0), (0.05, 0.14)]
     assert len(seen) == 2
