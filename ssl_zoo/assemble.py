@@ -113,6 +113,7 @@ def resolve(base: dict[str, Any] | None = None, sets: list[str] | tuple[str, ...
     check_input_sizes(cfg.backbone, {"image_size": image_size, **{
         f"views.groups.{i}.size": g.size for i, g in enumerate(spec.groups)}},
         stem=cfg.backbone_stem, image_size=image_size, args=cfg.backbone_args)
+    cls.settle_config(method_config, spec)  # defaults taken from the spec (roles)
     cls.check_views(method_config, spec)
     world = world_size or int(os.environ.get("WORLD_SIZE", "1"))
     method_config.validate(image_size, cfg.train.batch_size * world,

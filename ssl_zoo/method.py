@@ -92,6 +92,12 @@ class Method(nn.Module):
         raise NotImplementedError
 
     @classmethod
+    def settle_config(cls, config: MethodConfig, spec: ViewSpec) -> None:
+        """Fill in, in place, config fields whose default comes from the view spec (null in the
+        config: SwAV's ``crops_for_assign``, the spec's global crops), before
+        :meth:`check_views`; the effective config (``config.json``) then names them."""
+
+    @classmethod
     def check_views(cls, config: MethodConfig, spec: ViewSpec) -> None:
         """Raise ConfigError if the method cannot train on ``spec`` (e.g. too few crops).
 

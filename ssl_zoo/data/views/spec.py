@@ -129,7 +129,8 @@ def require_crops(spec: ViewSpec, role: str, at_least: int, method: str) -> list
     if len(found) < at_least:
         have = ", ".join(f"{i}: {g.count}x{g.size} {r}" for i, (g, r) in
                          enumerate(zip(spec.groups, spec.group_roles())))
-        raise ConfigError(f"views: {method} needs at least {at_least} {role} crops, the view "
+        crops = "crop" if at_least == 1 else "crops"
+        raise ConfigError(f"views: {method} needs at least {at_least} {role} {crops}, the view "
                           f"spec has {len(found)} (groups {have}); set "
                           f"views.groups.N.role={role} or views.groups.N.count")
     return found
