@@ -236,7 +236,8 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any], prefix: s
     """Fields whose value in ``current`` differs from ``saved``, as ``name (old -> new)``.
 
     Fields a saved config does not have (added to ssl-zoo after it was written) take their
-    defaults and are not differences, so a newer ssl-zoo resumes an older run.
+    defaults and are not differences, so a newer ssl-zoo resumes an older run; lists of
+    mappings of one length (``views.groups``) are compared item by item, field by field.
     """
     out = []
     for k in sorted(saved):
@@ -245,9 +246,17 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any], prefix: s
         va, vb = saved[k], current[k]
         if isinstance(va, dict) and isinstance(vb, dict):
             out += config_differences(va, vb, f"{prefix}{k}.")
+        elif _same_length_mappings(va, vb):
+            for i, (a, b) in enumerate(zip(va, vb)):
+                out += config_differences(a, b, f"{prefix}{k}.{i}.")
         elif va != vb and not _same_number_list(va, vb):
             out.append(f"{prefix}{k} ({va!r} -> {vb!r})")
     return out
+
+
+def _same_length_mappings(a: Any, b: Any) -> bool:
+    return (isinstance(a, list) and isinstance(b, list) and len(a) == len(b)
+            and all(isinstance(x, dict) for x in a + b))
 
 
 def _same_number_list(a: Any, b: Any) -> bool:

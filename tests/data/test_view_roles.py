@@ -3,12 +3,13 @@ flat crop indices of a role, validation, ``--set``, config.json and resume."""
 
 from __future__ import annotations
 
+import json
 import pickle
 
 import pytest
 import torch
 
-from ssl_zoo.assemble import resolve
+from ssl_zoo.assemble import resolve, resume
 from ssl_zoo.config import to_dict, view_spec_from_dict
 from ssl_zoo.data.views import CropGroup, Views, ViewSpec, make_views, require_crops
 from ssl_zoo.errors import ConfigError
@@ -95,3 +96,20 @@ def test_views_carry_the_roles_and_roles_do_not_change_the_crops():
     assert Views.from_crops([a[0], a[2], a[1]]).roles == ["global", "local", "global"]
     with pytest.raises(ValueError, match="one role"):
         Views.from_crops([a[0], a[2]], roles=["global"])
+
+
+def test_a_config_saved_before_roles_resumes_unchanged(tmp_path):
+    """config.json of a run made before groups had roles (no ``role`` key): the roles come from
+    the method's default (SwAV: global, local) and are no difference; a changed field is."""
+    run = resolve({}, ["views.groups.1.count=4"], open_data=False)
+    saved = run.summary()
+    for g in saved["views"]["groups"]:
+        del g["role"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    again = resume(tmp_path, open_data=False)
+    assert [g.role for g in again.view_spec.groups] == ["global", "local"]
+    assert again.view_spec == run.view_spec
+    with pytest.raises(ConfigError, match=r"views\.groups\.1\.role \('local' -> 'global'\)"):
+        saved["views"]["groups"][1]["role"] = "local"
+        (tmp_path / "config.json").write_text(json.dumps(saved))
+        resume(tmp_path, ["views.groups.1.role=global"], open_data=False)
