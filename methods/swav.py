@@ -4,8 +4,9 @@ Assignments", NeurIPS).
 Algorithm (Sec. 3.1, App. A.1 Algorithm 1, with multi-crop from Sec. 3.2): every crop goes
 through the backbone and an MLP head to a unit embedding z, scored against K unit prototypes c
 (scores z^T c are cosines). For the assigned crops (``crops_for_assign``; by default the view
-spec's global crops, ``views.groups.N.role``: the two large ones) the codes q are computed without gradient by a few Sinkhorn-Knopp iterations that split the batch
-equally among the prototypes; every other crop then has to predict those codes through
+spec's global crops, ``views.groups.N.role``: the two large ones) the codes q are computed
+without gradient by a few Sinkhorn-Knopp iterations that split the batch equally among the
+prototypes; every other crop then has to predict those codes through
 softmax(z^T c / T). The loss is the cross-entropy of that swapped prediction, averaged over all
 (assigned crop, predicting crop) pairs. Small batches add a queue of embeddings from earlier
 batches to the Sinkhorn problem (Sec. 4.3 / App. A.1), so that it sees enough samples.
