@@ -34,11 +34,26 @@ def build_pcl():
                                         num_negative_prototypes=1))
 
 
+def build_barlowtwins():
+    from ssl_zoo_methods.barlowtwins import BarlowTwins, BarlowTwinsConfig
+
+    return BarlowTwins(TinyNet(), 24, BarlowTwinsConfig(proj_hidden_dim=16, proj_dim=12))
+
+
+def build_vicreg():
+    from ssl_zoo_methods.vicreg import VICReg, VICRegConfig
+
+    return VICReg(TinyNet(), 24, VICRegConfig(expander_hidden_dim=16, expander_dim=12))
+
+
 CASES = {
     "swav": (build_swav, [(2, 8), (2, 4)], 4),
     "simclr": (build_simclr, [(2, 8)], 2),
     "moco": (build_moco, [(2, 8)], 3),
     "pcl": (build_pcl, [(2, 8)], 2),
+    # one group per view, as their default (asymmetric) view specs
+    "barlowtwins": (build_barlowtwins, [(1, 8), (1, 8)], 2),
+    "vicreg": (build_vicreg, [(1, 8), (1, 8)], 3),
 }
 
 

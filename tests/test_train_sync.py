@@ -9,6 +9,8 @@ machine the same steps also run under ``torch.cuda.set_sync_debug_mode("error")`
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -60,6 +62,7 @@ class SyncCounter(TorchDispatchMode):
         return func(*args, **kwargs)
 
 
+METHODS = Path(__file__).resolve().parents[1] / "methods"
 BASE = ["dataset=demo", "backbone=convnet", "train.batch_size=64", "train.epochs=1",
         "train.log_every_iters=1000", "eval.enabled=false", "train.max_steps=8"]
 CASES = {
@@ -74,6 +77,10 @@ CASES = {
     "pcl": ["method=pcl", "method.queue_length=256", "method.warmup_epochs=0",
             "method.num_clusters=[10,20]", "method.kmeans_iters=3", "method.kmeans_redo=1",
             "train.optimizer=adamw"],
+    "barlowtwins": [f"method={METHODS / 'barlowtwins.py'}:BarlowTwins", "train.optimizer=lars",
+                    "method.proj_hidden_dim=64", "method.proj_dim=64"],
+    "vicreg": [f"method={METHODS / 'vicreg.py'}:VICReg", "method.expander_hidden_dim=64",
+               "method.expander_dim=64"],
 }
 
 

@@ -17,6 +17,7 @@ from ssl_zoo.assemble import resolve
 from ssl_zoo.backbones import ConvNet
 from ssl_zoo.data.views import Views
 from ssl_zoo.errors import ConfigError
+from ssl_zoo.optim import LARS, param_groups
 from ssl_zoo.train import Trainer
 from ssl_zoo_methods.barlowtwins import (
     BarlowTwins,
@@ -139,6 +140,36 @@ def test_loss_is_float32_under_bfloat16_autocast():
         loss = barlow_twins_loss(z_a, z_b)[0]
     assert loss.dtype == torch.float32
     torch.testing.assert_close(loss, barlow_twins_loss(z_a.float(), z_b.float())[0])
+
+
+def test_loss_scale_with_scaled_decay_equals_a_lower_rate_for_biases_under_lars():
+    """The ImageNet recipe's claim: with LARS (biases and norms neither decayed nor adapted),
+    a loss scaled by s and a weight decay scaled by s make the same updates as the unscaled
+    loss with the biases' learning rate multiplied by s (the official 0.0048 against 0.2)."""
+    torch.manual_seed(6)
+    s, wd, lr = 0.024, 1.5e-6, 1.6
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5, bias=False), torch.nn.BatchNorm1d(5),
+                                torch.nn.ReLU(), torch.nn.Linear(5, 3, bias=False)).double()
+    x = torch.randn(16, 6, dtype=torch.float64)
+
+    def train(loss_scale, decay, bias_lr_ratio):
+        m = copy.deepcopy(model)
+        opt = LARS(param_groups(m.named_parameters(), decay), lr=lr, eta=0.001)
+        for _ in range(3):
+            opt.param_groups[1]["lr"] = lr * bias_lr_ratio
+            loss = barlow_twins_loss(m(x[:8]), m(x[8:]), 0.0051)[0] * loss_scale
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return m
+
+    scaled, two_rates = train(s, wd * s, 1.0), train(1.0, wd, s)
+    for (name, a), b, before in zip(scaled.named_parameters(), two_rates.parameters(),
+                                    model.parameters()):
+        moved = (b - before).abs().max().item()
+        assert moved > 1e-5, name  # every parameter moved (the BN bias through the ReLU)
+        # equal up to LARS's eps (1e-8, added to the gradient norm, which the scale shrinks)
+        assert (a - b).abs().max().item() <= 1e-6 * moved, name
 
 
 # --------------------------------------------------------------------------------------------
