@@ -91,6 +91,19 @@ def test_builtin_methods_survive_sigkill(tmp_path, method):
         total_steps=24)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["barlowtwins.py:BarlowTwins", "vicreg.py:VICReg"])
+def test_barlowtwins_and_vicreg_survive_sigkill(tmp_path, method):
+    """By file (their entry points need a reinstall); small heads to keep it short."""
+    path = Path(__file__).resolve().parents[1] / "methods" / method
+    heads = "proj" if method.startswith("barlow") else "expander"
+    kill_and_resume_equals_uninterrupted(
+        tmp_path, str(path),
+        ["--batch-size", "100", "--epochs", "2", "--set", "train.max_steps=24",
+         "--set", f"method.{heads}_hidden_dim=128", "--set", f"method.{heads}_dim=128"],
+        total_steps=24)
+
+
 def test_views_made_in_the_workers_survive_sigkill(tmp_path):
     """A CPU run from a prepared store makes its crops in the loader's workers (the default
     there); resumed mid-epoch, its workers start at the right step's crops."""
