@@ -51,11 +51,12 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from ssl_zoo import registry
 from ssl_zoo.assemble import resolve
 from ssl_zoo.data.views import Views
 from ssl_zoo.method import Method, MethodConfig, TrainContext
 from ssl_zoo.train import Trainer
-from ssl_zoo.typed import to_dict
+from ssl_zoo.typed import from_dict, to_dict
 
 __all__ = [
     "SyncCounter", "TinyNet", "check_exact_resume", "check_method", "check_sync_free_step",
@@ -190,6 +191,10 @@ def sync_ops_per_step(trainer: Trainer, cuda_error_after: int | None = None
         try:
             with SyncCounter() as counter:
                 result = step(images, index, sizes)
+        except RuntimeError as exc:
+            if strict and "synchroniz" in str(exc):  # CUDA's own detector
+                raise AssertionError(f"step {len(per_step)}: {exc}") from None
+            raise
         finally:
             if strict:
                 torch.cuda.set_sync_debug_mode("default")
@@ -345,9 +350,12 @@ def compare_one_vs_two(build: Callable[[], Method], groups, index, steps: int = 
     return single, run_on_ranks(_steps_on_rank, build, groups, index, steps)
 
 
-def _build(method_cls: type[Method], config: MethodConfig | None) -> Method:
-    return method_cls(TinyNet(), TinyNet.feature_dim,
-                      config if config is not None else method_cls.Config())
+def _build(spec: str, config: dict[str, Any]) -> Method:
+    """The method ``spec`` names (:func:`method_spec`) on a :class:`TinyNet`, with the config
+    fields ``config``: what another process can rebuild from plain data, whatever module (or
+    file) the class comes from."""
+    cls = registry.get_method(spec)
+    return cls(TinyNet(), TinyNet.feature_dim, from_dict(cls.Config, config, "method"))
 
 
 def check_two_ranks_equal_one(method_cls: type[Method], config: MethodConfig | None = None, *,
@@ -363,7 +371,7 @@ def check_two_ranks_equal_one(method_cls: type[Method], config: MethodConfig | N
         spec = method_cls.default_views(config, TINY_SIZE)
         sizes = [(g.count, g.size) for g in spec.groups if g.count]
     groups, index = make_inputs(batch, sizes)
-    build = functools.partial(_build, method_cls, config)
+    build = functools.partial(_build, method_spec(method_cls), to_dict(config))
     (losses, state), ranks = compare_one_vs_two(build, groups, index, steps)
     who = method_cls.__name__
     for r, got in enumerate(ranks):

@@ -438,3 +438,23 @@ def test_weight_decay_follows_its_cosine_per_iteration_on_the_decayed_group_only
         want = 0.4 + (0.04 - 0.4) * (1 + math.cos(math.pi * s / 7)) / 2
         assert decayed == pytest.approx(want, rel=1e-12) and no_decay == 0.0
     assert seen[0][0] == pytest.approx(0.04) and seen[-1][0] == pytest.approx(0.4)
+
+
+@pytest.mark.slow
+def test_an_unused_parameter_under_two_processes_is_our_one_line_error(tmp_path, bad):
+    """Under --nproc 2 (gloo) the dry step names the parameter in every rank before DDP's first
+    reduction, instead of PyTorch's "Expected to have finished reduction" at step 2."""
+    import os
+    import subprocess
+
+    data = tiny_npz(tmp_path / "tiny.npz")
+    out = subprocess.run(
+        [sys.executable, "-m", "ssl_zoo", "train", "--nproc", "2", "--method", f"{bad}:Bad",
+         "--dataset", f"npz:{data}", "--no-progress", "--no-eval", "--out", str(tmp_path / "r"),
+         "--set", "method.mistake=unused", "--set", "train.batch_size=8",
+         "--set", "train.num_workers=0"],
+        capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    text = out.stdout + out.stderr
+    assert out.returncode != 0
+    assert "get no gradient from the loss: unused.weight, unused.bias" in text
+    assert "Expected to have finished reduction" not in text
