@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from ssl_zoo.data.views import Views, ViewSpec, two_crops
 from ssl_zoo.errors import ConfigError
-from ssl_zoo.method import Method, MethodConfig, StepOutput
+from ssl_zoo.method import Method, MethodConfig, StepOutput, TrainContext
 from ssl_zoo.modules.distributed import gather_with_grad, get_rank
 from ssl_zoo.modules.heads import mlp_head
 
@@ -154,7 +154,7 @@ class SimCLR(Method):
             glob = dataclasses.replace(spec.groups[0], scale=(0.14, 1.0))
             size = config.local_crop_size or max(1, image_size // 2)
             local = dataclasses.replace(glob, count=config.num_local_crops, size=size,
-                                        scale=(0.05, 0.14))
+                                        scale=(0.05, 0.14), role="local")
             spec.groups = [glob, local]
         return spec
 
@@ -165,7 +165,7 @@ class SimCLR(Method):
             raise ConfigError("SimCLR needs 2 global crops first in the view spec (one group of "
                               f"count >= 2), got counts {[g.count for g in spec.groups]}")
 
-    def forward(self, views: Views) -> StepOutput:
+    def forward(self, views: Views, ctx: TrainContext | None = None) -> StepOutput:
         if len(views) < 2:
             raise ConfigError(f"SimCLR needs at least 2 crops per image, got {len(views)}")
         feats = self.encode_views(views)

@@ -26,6 +26,7 @@ from ssl_zoo.backbones import build_backbone, check_input_sizes
 from ssl_zoo.config import (
     RunConfig,
     apply_override,
+    settle_roles,
     validate_run_config,
     validate_view_spec,
     view_spec_from_dict,
@@ -114,6 +115,7 @@ def resolve(base: dict[str, Any] | None = None, sets: list[str] | tuple[str, ...
     check_input_sizes(cfg.backbone, {"image_size": image_size, **{
         f"views.groups.{i}.size": g.size for i, g in enumerate(spec.groups)}},
         stem=cfg.backbone_stem, image_size=image_size, args=cfg.backbone_args)
+    cls.settle_config(method_config, spec)  # defaults taken from the spec (roles)
     cls.check_views(method_config, spec)
     if splits is not None:
         _fit_canvas(splits, run_canvas(cfg.canvas, spec, image_size))
@@ -124,7 +126,27 @@ def resolve(base: dict[str, Any] | None = None, sets: list[str] | tuple[str, ...
     cfg.image_size = image_size
     cfg.method_config = to_dict(method_config)
     cfg.views = to_dict(spec)
-    return Run(cfg, cls, method_config, spec, image_size, splits)
+    run = Run(cfg, cls, method_config, spec, image_size, splits)
+    _check_eval_network(run)
+    return run
+
+
+def _check_eval_network(run: Run) -> None:
+    """``eval.network`` names one of the method's :meth:`~ssl_zoo.method.Method.eval_networks`
+    (a one-line error listing them, before any work). The names come from the method built on
+    PyTorch's meta device (no memory, no initialisation); a method that cannot be built there
+    is checked when the trainer builds it."""
+    name = run.config.eval.network
+    if not name or name == run.method_cls.default_eval_network:
+        return
+    try:
+        with torch.device("meta"):
+            method = run.build_method()
+    except UserError:
+        raise
+    except Exception:  # noqa: BLE001 - checked again on the real method (Trainer, eval, export)
+        return
+    method.eval_network(name)
 
 
 def _typed_configs(base: dict[str, Any] | None, sets: list[str] | tuple[str, ...],
@@ -175,8 +197,12 @@ def _data_and_stats(cfg: RunConfig, open_data: bool | None
 def _view_spec(cls: type[Method], method_config: MethodConfig, image_size: int, mean: Any,
                std: Any, given_views: Any, view_sets: list[str]) -> ViewSpec:
     """The method's default view spec with the given ``views`` and the ``views.*`` sets on
-    top, groups of count 0 left out, validated against the image size."""
+    top, groups of count 0 left out, validated against the image size, ``auto`` roles settled
+    (global: the groups of the largest size left)."""
     spec = cls.default_views(method_config, image_size)
+    if not isinstance(spec, ViewSpec):
+        raise UserError(f"{cls.__name__}.default_views returned {type(spec).__name__}, not a "
+                        "ssl_zoo.data.views.ViewSpec")
     spec.mean, spec.std = tuple(mean), tuple(std)
     spec_data = {"views": to_dict(spec)}
     if given_views is not None:
@@ -191,6 +217,7 @@ def _view_spec(cls: type[Method], method_config: MethodConfig, image_size: int, 
     if not spec.groups:
         raise ConfigError("views.groups: every group has count 0; at least one crop is needed")
     validate_view_spec(spec, image_size)
+    settle_roles(spec)
     return spec
 
 
@@ -245,7 +272,8 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any], prefix: s
     """Fields whose value in ``current`` differs from ``saved``, as ``name (old -> new)``.
 
     Fields a saved config does not have (added to ssl-zoo after it was written) take their
-    defaults and are not differences, so a newer ssl-zoo resumes an older run.
+    defaults and are not differences, so a newer ssl-zoo resumes an older run; lists of
+    mappings of one length (``views.groups``) are compared item by item, field by field.
     """
     out = []
     for k in sorted(saved):
@@ -254,9 +282,17 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any], prefix: s
         va, vb = saved[k], current[k]
         if isinstance(va, dict) and isinstance(vb, dict):
             out += config_differences(va, vb, f"{prefix}{k}.")
+        elif _same_length_mappings(va, vb):
+            for i, (a, b) in enumerate(zip(va, vb)):
+                out += config_differences(a, b, f"{prefix}{k}.{i}.")
         elif va != vb and not _same_number_list(va, vb):
             out.append(f"{prefix}{k} ({va!r} -> {vb!r})")
     return out
+
+
+def _same_length_mappings(a: Any, b: Any) -> bool:
+    return (isinstance(a, list) and isinstance(b, list) and len(a) == len(b)
+            and all(isinstance(x, dict) for x in a + b))
 
 
 def _same_number_list(a: Any, b: Any) -> bool:
@@ -285,13 +321,15 @@ def resume(run_dir: str | Path, sets: list[str] | tuple[str, ...] = (),
     return run
 
 
-def from_checkpoint(state: dict[str, Any], sets: list[str] | tuple[str, ...] = ()) -> Run:
-    """The run a training checkpoint was written by (``sets`` may point it at other data)."""
+def from_checkpoint(state: dict[str, Any], sets: list[str] | tuple[str, ...] = (), *,
+                    open_data: bool | None = True) -> Run:
+    """The run a training checkpoint was written by (``sets`` may point it at other data, or
+    choose another ``eval.network``)."""
     if not isinstance(state, dict) or "config" not in state or "model" not in state:
         raise UserError("not an ssl-zoo training checkpoint")
     saved = json.loads(state["config"])
     saved.setdefault("canvas", "eval")  # as resume
-    return resolve(saved, sets)
+    return resolve(saved, sets, open_data=open_data)
 
 
 def for_weights(sets: list[str] | tuple[str, ...] = ()) -> tuple[RunConfig, DataSplits, ViewSpec]:

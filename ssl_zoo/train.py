@@ -21,6 +21,7 @@ import torch.distributed as dist
 from ssl_zoo import runstate, steps
 from ssl_zoo.assemble import Run, resolve_device
 from ssl_zoo.checkpoint import save_checkpoint
+from ssl_zoo.contract import check_forward_signature, dry_step
 from ssl_zoo.data.loader import step_seed
 from ssl_zoo.data.views import Views, make_views, skip_view_draws
 from ssl_zoo.method import TrainContext
@@ -53,8 +54,9 @@ class Trainer:
     all-reduce of the gradients in backward). Only forward goes through ``model``, so checkpoint
     keys never carry DDP's ``module.`` prefix.
 
-    Evaluation comes in as a callback (``evaluation``: an object with ``periodic(backbone,
-    device) -> dict`` and ``final(method, device, step) -> dict``, as
+    Evaluation comes in as a callback (``evaluation``: an object with ``periodic(network,
+    device) -> dict`` (the method's evaluated network, ``eval.network``) and
+    ``final(method, device, step) -> dict``, as
     :class:`ssl_zoo.evaluation.run.RunEvaluation`), so the loop knows nothing of metrics.
     """
 
@@ -88,6 +90,8 @@ class Trainer:
         """The method on its device, and ``model``: it, or its DDP wrapper (class docstring)."""
         self.method, self.model, self.channels_last = steps.place_method(
             self.run.build_method(), self.cfg.train, self.device, self.world_size)
+        self.method.eval_network(self.cfg.eval.network)  # an unknown name: one line, now
+        check_forward_signature(self.method)
 
     def _setup_data(self) -> None:
         """The training loader: this rank's share, decoded and cropped where the config says."""
@@ -132,6 +136,7 @@ class Trainer:
         self.requests = RunRequests(self.stopper, self.cfg.train.checkpoint_every_minutes,
                                     self.world_size)
         self._stopping = False
+        self._dry_step_done = False
 
     @property
     def train_seconds(self) -> float:
@@ -230,7 +235,7 @@ class Trainer:
             views = self._views(images, index, sizes)
         self.ctx.step, self.ctx.epoch = self.step, self.epoch
         with label("zoo:forward"), steps.autocast(self.device, self.autocast_dtype):
-            out = self.model(views)
+            out = self.model(views, self.ctx)
         with label("zoo:nonfinite"):
             ok = steps.finite_on_every_rank(out.loss, self.optimizer, self.world_size)
         with label("zoo:backward"):
@@ -250,6 +255,25 @@ class Trainer:
             self.nonfinite.record(ok, self.step, out, views)
         return out.loss.detach(), out, views, lr
 
+    def _dry_step(self, images: torch.Tensor | Views, index: torch.Tensor,
+                  sizes: torch.Tensor | None) -> None:
+        """The contract's checks, once per process before its first iteration (a resumed run's
+        too), on this iteration's batch and crops: forward returns a proper StepOutput and every
+        trainable parameter gets a gradient (:func:`ssl_zoo.contract.dry_step`: nothing
+        applied, state and generators put back, so the run is the same as without it). Not
+        counted as training time."""
+        t = self.cfg.train
+
+        def make_views() -> Views:
+            torch.manual_seed(step_seed(t.seed, self.step, self.rank))  # as _train_step draws
+            return self._views(images, index, sizes)
+
+        self.ctx.step, self.ctx.epoch = self.step, self.epoch
+        with self.clock.paused():
+            dry_step(self.method, make_views, self.ctx,
+                     steps.autocast(self.device, self.autocast_dtype), self.world_size)
+        self._dry_step_done = True
+
     def _views(self, images: torch.Tensor | Views, index: torch.Tensor,
                sizes: torch.Tensor | None) -> Views:
         """This step's crops on the device (made here, or by the workers from the same seed)."""
@@ -264,7 +288,8 @@ class Trainer:
             views = make_views(images, self.view_spec, sizes=sizes)
         if self.channels_last:
             views = Views([g.contiguous(memory_format=torch.channels_last)
-                           for g in views.groups], views.counts)
+                           for g in views.groups], views.counts,
+                          roles=views.roles, slots=views.slots)
         views.index = index.to(self.device, non_blocking=True)
         return views
 
@@ -335,6 +360,8 @@ class Trainer:
         batches = self.loader.iterate(start_batch=self.batch_in_epoch, first_step=self.step)
         for images, index, sizes in steps.prefetch(batches, self.device):
             self.ctx.log_step = self._is_log_step(self.step + 1)
+            if not self._dry_step_done:
+                self._dry_step(images, index, sizes)
             loss, out, _, lr = self._train_step(images, index, sizes)
             self.step += 1
             self.batch_in_epoch += 1
@@ -364,7 +391,7 @@ class Trainer:
                    "lr": lr, "images_per_s": ips}
             rec.update({k: v for k, v in host.items() if k not in rec})
             self._log(rec)
-            self.ctx.step = self.step
+            self.ctx.step = self.step - 1  # the logged iteration's index (TrainContext.step)
             self.method.on_log(self.ctx, host)
             self._bar.update(loss=self.last_loss, lr=lr, ips=ips)
         self._bar.advance()
@@ -428,7 +455,8 @@ class Trainer:
         train_s = self.train_seconds
         with self.clock.paused():
             if self.is_main and self.evaluation is not None:
-                acc = self.evaluation.periodic(self.method.backbone, self.device)
+                acc = self.evaluation.periodic(self.method.eval_network(self.cfg.eval.network),
+                                               self.device)
                 self.method.train()
                 self._log({"step": self.step, "epoch": self.epoch, "train_s": train_s, **acc})
             if self.world_size > 1:

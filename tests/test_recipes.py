@@ -26,6 +26,8 @@ def test_every_method_has_its_recipes():
         assert {(method, "cpu-demo"), (method, "cifar10-r18"), (method, "cifar100-r18")} <= names
         assert any(m == method and s.startswith("imagenet") for m, s in names)
     assert {("swav", "imagenet-bs4096"), ("swav", "imagenet-bs256")} <= names
+    for method in ("barlowtwins", "vicreg"):
+        assert {(method, "cpu-demo"), (method, "cifar10-r18"), (method, "imagenet-r50")} <= names
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: f"{p.parent.name}/{p.stem}")
@@ -56,6 +58,32 @@ def test_swav_paper_recipes_match_the_paper():
                   world_size=64)
     assert big.config.train.lr_per_256 * 4096 / 256 == pytest.approx(4.8)
     assert big.method_config.freeze_prototypes_iters == 313
+
+
+def test_barlowtwins_and_vicreg_imagenet_recipes_match_the_papers():
+    """Barlow Twins (Zbontar et al. 2021; official main.py): batch 2048, LARS, lr 0.2 weights /
+    0.0048 biases per 256 (the biases' rate through loss_scale, the decay scaled with it), wd
+    1.5e-6, lambda 0.0051, 3 x 8192; VICReg (Bardes et al. 2022): batch 2048, LARS, base lr
+    0.2, wd 1e-6, 25 / 25 / 1, 3 x 8192; both 1000 epochs, 10 warm-up, cosine to 1/1000."""
+    bt = resolve(load_files(["recipes/barlowtwins/imagenet-r50.yaml"]), [], open_data=False,
+                 world_size=32)
+    vic = resolve(load_files(["recipes/vicreg/imagenet-r50.yaml"]), [], open_data=False,
+                  world_size=32)
+    for run in (bt, vic):
+        t = run.config.train
+        assert t.batch_size * 32 == 2048 and t.optimizer == "lars" and t.lr_per_256 == 0.2
+        assert (t.epochs, t.warmup_epochs, t.final_lr_ratio) == (1000, 10, 0.001)
+        assert t.exclude_norm_and_bias and t.lars_eta == 0.001
+    m, t = bt.method_config, bt.config.train
+    assert (m.lambda_offdiag, m.proj_hidden_dim, m.proj_dim, m.proj_layers) == (0.0051, 8192,
+                                                                                8192, 3)
+    assert t.lr_per_256 * m.loss_scale == pytest.approx(0.0048)
+    assert t.weight_decay / m.loss_scale == pytest.approx(1.5e-6)
+    m = vic.method_config
+    assert (m.invariance_weight, m.variance_weight, m.covariance_weight) == (25, 25, 1)
+    assert (m.expander_hidden_dim, m.expander_dim, vic.config.train.weight_decay) == (8192, 8192,
+                                                                                     1e-6)
+    assert [(g.blur_p, g.solarize_p) for g in vic.view_spec.groups] == [(1.0, 0.0), (0.1, 0.2)]
 
 
 def test_recipes_compose_with_sets_and_other_files(tmp_path):
