@@ -213,8 +213,8 @@ class RunEvaluation:
         self.run_dir = Path(run_dir)
         self.console, self.show = console, show
 
-    def periodic(self, backbone, device) -> dict[str, float]:
-        return quick_knn(backbone, self.data, self.view_spec, device, self.cfg.eval.batch_size)
+    def periodic(self, method, device) -> dict[str, float]:
+        return quick_knn(method.backbone, self.data, self.view_spec, device, self.cfg.eval.batch_size)
 
     def final(self, method, device, step: int) -> dict[str, Any]:
         return evaluate_backbone(
