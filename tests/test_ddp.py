@@ -34,11 +34,20 @@ def build_pcl():
                                         num_negative_prototypes=1))
 
 
+def build_linear_protocol():
+    """The paper's linear protocol: a linear layer on a frozen backbone, labels by index."""
+    from ssl_zoo.evaluation.supervised import Supervised, SupervisedConfig
+
+    return Supervised(TinyNet(), 24, SupervisedConfig(num_classes=3),
+                      labels=torch.arange(8) % 3)
+
+
 CASES = {
     "swav": (build_swav, [(2, 8), (2, 4)], 4),
     "simclr": (build_simclr, [(2, 8)], 2),
     "moco": (build_moco, [(2, 8)], 3),
     "pcl": (build_pcl, [(2, 8)], 2),
+    "linear-paper": (build_linear_protocol, [(1, 8)], 2),
 }
 
 
