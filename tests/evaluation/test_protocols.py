@@ -163,7 +163,12 @@ def test_user_mistakes_of_the_protocols_are_one_line_errors(ssl_run, capsys):
                            (["--protocol", "semisup", "--label-fraction", "1.5"],
                             "fraction in (0, 1]"),
                            (["--protocol", "semisup", "--label-list", "x.txt"],
-                            "no such file")):
+                            "no such file"),
+                           (["--protocol", "linear-paper", "--set", "train.lr_schedule=steps"],
+                            "train.lr_schedule"),
+                           (["--protocol", "linear-paper",
+                             "--set", 'train.lr_scale={"head.": -1}'],
+                            "positive number")):
         assert main(["eval", str(ssl_run), *extra, *FAST]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and message in err, (extra, err)
@@ -279,6 +284,9 @@ def test_a_head_lr_scale_gives_the_head_its_own_rate(weights):
                 rates[names[id(p)]] = g["lr"]
     batch = run.config.train.batch_size
     assert batch == len(run.data.train) < 256  # 10% of demo's 2,000, under the recipe's 256
+    spe, peak = trainer.steps_per_epoch, 0.01 * batch / 256
+    assert [trainer.lr_at(e * spe) for e in (0, 11, 12, 15, 16, 19)] == pytest.approx(
+        [peak, peak, peak * 0.2, peak * 0.2, peak * 0.04, peak * 0.04])
     assert rates["head.weight"] == pytest.approx(0.2 * batch / 256)
     assert rates["backbone.features.0.weight"] == pytest.approx(0.01 * batch / 256)
     assert isinstance(trainer.method, Supervised) and not trainer.method.config.freeze_backbone
