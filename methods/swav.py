@@ -3,9 +3,10 @@ Assignments", NeurIPS).
 
 Algorithm (Sec. 3.1, App. A.1 Algorithm 1, with multi-crop from Sec. 3.2): every crop goes
 through the backbone and an MLP head to a unit embedding z, scored against K unit prototypes c
-(scores z^T c are cosines). For the crops in ``crops_for_assign`` (the two global crops) the
-codes q are computed without gradient by a few Sinkhorn-Knopp iterations that split the batch
-equally among the prototypes; every other crop then has to predict those codes through
+(scores z^T c are cosines). For the assigned crops (``crops_for_assign``; by default the view
+spec's global crops, ``views.groups.N.role``: the two large ones) the codes q are computed
+without gradient by a few Sinkhorn-Knopp iterations that split the batch equally among the
+prototypes; every other crop then has to predict those codes through
 softmax(z^T c / T). The loss is the cross-entropy of that swapped prediction, averaged over all
 (assigned crop, predicting crop) pairs. Small batches add a queue of embeddings from earlier
 batches to the Sinkhorn problem (Sec. 4.3 / App. A.1), so that it sees enough samples.
@@ -39,7 +40,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from ssl_zoo.data.views import Views, ViewSpec, multi_crop
+from ssl_zoo.data.views import Views, ViewSpec, multi_crop, require_crops
 from ssl_zoo.errors import ConfigError
 from ssl_zoo.method import Method, MethodConfig, StepOutput, TrainContext
 from ssl_zoo.modules import distributed as D
@@ -216,8 +217,10 @@ class SwAVConfig(MethodConfig):
     """Run Sinkhorn in float64 instead of float32."""
     hard_assignment_iters: int = 0
     """Use one-hot codes (argmax of the Sinkhorn codes) for this many first iterations."""
-    crops_for_assign: tuple[int, ...] = (0, 1)
-    """Crops whose codes are computed and predicted by all others (paper: the 2 global crops)."""
+    crops_for_assign: tuple[int, ...] | None = None
+    """Crops whose codes are computed and predicted by all others, as indices into the crops in
+    view-spec order; null: the view spec's global crops (views.groups.N.role; the paper: the 2
+    global crops, (0, 1)), settled in the run's config.json."""
 
     # --- swapped prediction ---
     temperature: float = 0.1
@@ -261,8 +264,9 @@ class SwAVConfig(MethodConfig):
         for name in ("freeze_prototypes_iters", "hard_assignment_iters", "queue_start_epoch",
                      "collapse_patience_iters"):
             need(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
-        problem = crops_for_assign_problem(self.crops_for_assign)  # the crops: check_views
-        need(problem is None, str(problem))
+        if self.crops_for_assign is not None:  # the crops there are: check_views
+            problem = crops_for_assign_problem(self.crops_for_assign)
+            need(problem is None, str(problem))
         need(self.queue_length >= 0, f"queue_length must be >= 0 (0: no queue), got "
                                      f"{self.queue_length}")
         rows = batch_size + self.queue_length
@@ -317,9 +321,13 @@ class SwAV(Method):
         c = self.config
         self.projection = mlp_head(feature_dim, c.hidden_dim or feature_dim, c.feat_dim)
         self.prototypes = Prototypes(c.feat_dim, c.num_prototypes, learnable=c.learn_prototypes)
-        # one queue per assigned crop; filled (FeatureQueue.filled) from queue_start_epoch
+        # one queue per assigned crop; filled (FeatureQueue.filled) from queue_start_epoch.
+        # Unsettled (null: built directly, not from a run config): as many as the global crops
+        # of the default spec (2); forward checks the views have that many.
+        n_assigned = (len(c.crops_for_assign) if c.crops_for_assign is not None
+                      else len(self.default_views(c, 224).crop_indices("global")))
         self.queues = nn.ModuleList(
-            [FeatureQueue(c.queue_length, c.feat_dim) for _ in c.crops_for_assign]
+            [FeatureQueue(c.queue_length, c.feat_dim) for _ in range(n_assigned)]
             if c.queue_length > 0 else [])
         # where the run is, as host ints saved in the state_dict: a step never reads the device
         host_counters(self, iteration=0, epoch=0)
@@ -362,9 +370,19 @@ class SwAV(Method):
         return spec
 
     @classmethod
+    def settle_config(cls, config: SwAVConfig, spec: ViewSpec) -> None:
+        """``crops_for_assign`` null: the view spec's global crops (there must be one)."""
+        if config.crops_for_assign is None:
+            config.crops_for_assign = tuple(require_crops(
+                spec, "global", 1, "SwAV (method.crops_for_assign null: codes of its global "
+                                   "crops)"))
+
+    @classmethod
     def check_views(cls, config: SwAVConfig, spec: ViewSpec) -> None:
         """The assigned crops must exist in the view spec."""
-        problem = crops_for_assign_problem(config.crops_for_assign, spec.num_crops)
+        crops = (spec.crop_indices("global") if config.crops_for_assign is None
+                 else config.crops_for_assign)
+        problem = crops_for_assign_problem(crops, spec.num_crops)
         if problem:
             raise ConfigError(f"method.{problem}")
 
@@ -409,13 +427,25 @@ class SwAV(Method):
             codes = torch.zeros_like(codes).scatter_(1, codes.argmax(dim=1, keepdim=True), 1.0)
         return codes, (all_codes[:-b] if valid is not None else None)
 
+    def assigned_crops(self, views: Views) -> tuple[int, ...]:
+        """The crops whose codes are computed: ``crops_for_assign``, or (null) the global crops
+        of ``views``; ConfigError when they do not fit the views or the queues."""
+        c = self.config
+        crops = (tuple(views.crop_indices("global")) if c.crops_for_assign is None
+                 else tuple(c.crops_for_assign))
+        problem = crops_for_assign_problem(crops, len(views))
+        if problem:  # the trainer checked the view spec; a direct call may pass other views
+            raise ConfigError(f"method.{problem}")
+        if self.queues and len(crops) != len(self.queues):
+            raise ConfigError(f"method.crops_for_assign: {len(self.queues)} queues for "
+                              f"{len(crops)} assigned crops {crops}; set crops_for_assign")
+        return crops
+
     # --- the step -------------------------------------------------------------------------------
     def forward(self, views: Views) -> StepOutput:
         c = self.config
         n_crops = len(views)
-        problem = crops_for_assign_problem(c.crops_for_assign, n_crops)
-        if problem:  # the trainer checked the view spec; a direct call may pass other views
-            raise ConfigError(f"method.{problem}")
+        assigned = self.assigned_crops(views)
         feats = torch.cat(self.encode_views(views))  # one backbone pass per resolution
         z = self.embed(feats)  # (V B, feat_dim); the head sees all crops as one batch
         with torch.autocast(z.device.type, enabled=False):
@@ -427,15 +457,14 @@ class SwAV(Method):
         queue_in_use = use_queues and self.queues[0].is_full
         codes, queue_codes = zip(*[self.compute_codes(scores_per_crop[crop],
                                                       self.queues[j] if use_queues else None)
-                                   for j, crop in enumerate(c.crops_for_assign)])
+                                   for j, crop in enumerate(assigned)])
         # after use, this batch enters the queue: in after_optimizer_step, once the step is
         # known to be finite
-        self._pending = ([z_per_crop[crop] for crop in c.crops_for_assign]
+        self._pending = ([z_per_crop[crop] for crop in assigned]
                          if use_queues and self.training and self.epoch >= c.queue_start_epoch
                          else [])
 
-        loss = swapped_prediction_loss(scores_per_crop, codes, c.crops_for_assign,
-                                       c.temperature)
+        loss = swapped_prediction_loss(scores_per_crop, codes, assigned, c.temperature)
         metrics: dict[str, Any] = {"ln_k": math.log(c.num_prototypes)}
         if self._ctx.log_step:
             metrics.update(self.monitor.metrics(

@@ -25,6 +25,7 @@ from ssl_zoo.backbones import build_backbone, check_input_sizes, resolve_stem
 from ssl_zoo.config import (
     RunConfig,
     apply_override,
+    settle_roles,
     validate_run_config,
     validate_view_spec,
     view_spec_from_dict,
@@ -122,6 +123,7 @@ def resolve(base: dict[str, Any] | None = None, sets: list[str] | tuple[str, ...
     check_input_sizes(cfg.backbone, {"image_size": image_size, **{
         f"views.groups.{i}.size": g.size for i, g in enumerate(spec.groups)}},
         stem=cfg.backbone_stem, image_size=image_size, args=cfg.backbone_args)
+    cls.settle_config(method_config, spec)  # defaults taken from the spec (roles)
     cls.check_views(method_config, spec)
     world = world_size or int(os.environ.get("WORLD_SIZE", "1"))
     method_config.validate(image_size, cfg.train.batch_size * world,
@@ -181,7 +183,8 @@ def _data_and_stats(cfg: RunConfig, open_data: bool | None
 def _view_spec(cls: type[Method], method_config: MethodConfig, image_size: int, mean: Any,
                std: Any, given_views: Any, view_sets: list[str]) -> ViewSpec:
     """The method's default view spec with the given ``views`` and the ``views.*`` sets on
-    top, groups of count 0 left out, validated against the image size."""
+    top, groups of count 0 left out, validated against the image size, ``auto`` roles settled
+    (global: the groups of the largest size left)."""
     spec = cls.default_views(method_config, image_size)
     spec.mean, spec.std = tuple(mean), tuple(std)
     spec_data = {"views": to_dict(spec)}
@@ -197,6 +200,7 @@ def _view_spec(cls: type[Method], method_config: MethodConfig, image_size: int, 
     if not spec.groups:
         raise ConfigError("views.groups: every group has count 0; at least one crop is needed")
     validate_view_spec(spec, image_size)
+    settle_roles(spec)
     return spec
 
 
@@ -242,7 +246,8 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any], prefix: s
     """Fields whose value in ``current`` differs from ``saved``, as ``name (old -> new)``.
 
     Fields a saved config does not have (added to ssl-zoo after it was written) take their
-    defaults and are not differences, so a newer ssl-zoo resumes an older run.
+    defaults and are not differences, so a newer ssl-zoo resumes an older run; lists of
+    mappings of one length (``views.groups``) are compared item by item, field by field.
     """
     out = []
     for k in sorted(saved):
@@ -251,9 +256,17 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any], prefix: s
         va, vb = saved[k], current[k]
         if isinstance(va, dict) and isinstance(vb, dict):
             out += config_differences(va, vb, f"{prefix}{k}.")
+        elif _same_length_mappings(va, vb):
+            for i, (a, b) in enumerate(zip(va, vb)):
+                out += config_differences(a, b, f"{prefix}{k}.{i}.")
         elif va != vb and not _same_number_list(va, vb):
             out.append(f"{prefix}{k} ({va!r} -> {vb!r})")
     return out
+
+
+def _same_length_mappings(a: Any, b: Any) -> bool:
+    return (isinstance(a, list) and isinstance(b, list) and len(a) == len(b)
+            and all(isinstance(x, dict) for x in a + b))
 
 
 def _same_number_list(a: Any, b: Any) -> bool:

@@ -92,8 +92,19 @@ class Method(nn.Module):
         raise NotImplementedError
 
     @classmethod
+    def settle_config(cls, config: MethodConfig, spec: ViewSpec) -> None:
+        """Fill in, in place, config fields whose default comes from the view spec (null in the
+        config: SwAV's ``crops_for_assign``, the spec's global crops), before
+        :meth:`check_views`; the effective config (``config.json``) then names them."""
+
+    @classmethod
     def check_views(cls, config: MethodConfig, spec: ViewSpec) -> None:
-        """Raise ConfigError if the method cannot train on ``spec`` (e.g. too few crops)."""
+        """Raise ConfigError if the method cannot train on ``spec`` (e.g. too few crops).
+
+        Roles are settled by then (every group ``global`` or ``local``): a method that needs
+        crops of a role checks them with :func:`ssl_zoo.data.views.require_crops` (DINO: 2
+        global crops for its teacher) and finds them in ``forward`` with
+        ``views.crop_indices("global")``."""
 
     def forward(self, views: Views) -> StepOutput:  # pragma: no cover - abstract
         """One training step's loss from the augmented views (crops in view-spec order)."""
@@ -101,17 +112,15 @@ class Method(nn.Module):
 
     # --- shared helpers -----------------------------------------------------------------------
     def encode_views(self, views: Views, encoder: nn.Module | None = None) -> list[torch.Tensor]:
-        """Backbone features of every crop, one forward per resolution group (docs/design.md,
-        "Data flow").
+        """Backbone features of every crop, one forward per crop size (docs/design.md, "Data
+        flow"): the crops of one size share one batch whatever their group, recipe and role,
+        so batch norm normalises them together (as the official BYOL and SimCLR code, which
+        concatenate their views).
 
         Returns a list with one (B, D) tensor per crop, in view-spec order.
         """
         encoder = self.backbone if encoder is None else encoder
-        out: list[torch.Tensor] = []
-        for group, count in zip(views.groups, views.counts):
-            feats = encoder(group)
-            out.extend(feats.chunk(count, dim=0))
-        return out
+        return views.features_in_crop_order([encoder(group) for group in views.groups])
 
     @torch.no_grad()
     def cluster_assignments(self, images: torch.Tensor) -> torch.Tensor | None:
