@@ -19,23 +19,23 @@ from torch.distributed.elastic.multiprocessing import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
 from ssl_zoo import assemble, registry
+from ssl_zoo.backbones import build_backbone
 from ssl_zoo.checkpoint import load_latest_checkpoint, safe_load
 from ssl_zoo.compare import parse_seeds, plan, run_compare
-from ssl_zoo.data.prepared import prepare
-from ssl_zoo.errors import UserError
-from ssl_zoo.backbones import build_backbone
 from ssl_zoo.config import RunConfig
+from ssl_zoo.data.prepared import prepare
 from ssl_zoo.data.stats import IMAGENET
+from ssl_zoo.errors import UserError
 from ssl_zoo.evaluation.run import RunEvaluation, evaluate_backbone
 from ssl_zoo.evaluation.supervised import PROTOCOLS
 from ssl_zoo.evaluation.weights import backbone_for_weights, load_weights_into
 from ssl_zoo.export import backbone_state_dict, export_backbone
-from ssl_zoo.protocols import protocol_slug, run_protocol
-from ssl_zoo.typed import from_dict
 from ssl_zoo.preemption import EXIT_STOPPED, RunStopped
+from ssl_zoo.protocols import protocol_slug, run_protocol
 from ssl_zoo.report import make_console, print_eval, print_train_summary
 from ssl_zoo.runstate import has_checkpoint
 from ssl_zoo.train import Trainer, shutdown_distributed
+from ssl_zoo.typed import from_dict
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130

@@ -133,8 +133,8 @@ def test_semisup_on_a_folder_source_with_weights_fraction_and_list(tmp_path, wei
     assert res["n_train"] == 12 and res["n_test"] == 9 and res["labelled_fraction"] == 0.5
     ckpt = torch.load(out / "semisup" / "checkpoints" / "last.pt", weights_only=True)
     start = torch.load(weights, weights_only=True)
-    assert not torch.equal(ckpt["model"]["backbone.features.0.weight"], start["features.0.weight"]), \
-        "semisup fine-tunes the backbone"
+    tuned = ckpt["model"]["backbone.features.0.weight"]
+    assert not torch.equal(tuned, start["features.0.weight"]), "semisup fine-tunes the backbone"
     cfg = json.loads((out / "semisup" / "config.json").read_text())
     assert cfg["train"]["lr_scale"] == {"head.": 20.0}  # 10% rates: 0.2 / 0.01
     assert cfg["train"]["lr_schedule"] == "step" and cfg["train"]["lr_decay_epochs"] == [12, 16]
