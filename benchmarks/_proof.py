@@ -205,6 +205,10 @@ def cmd_summary(args) -> int:
         if ev:
             s["swav_run"]["knn"] = ev.get("knn")
             s["swav_run"]["knn_random_init"] = (ev.get("random_init") or {}).get("knn")
+        paper = read(run / "eval_linear_paper.json")
+        if paper:
+            s["swav_run"]["linear_paper"] = {k: paper.get(k) for k in (
+                "recipe", "top1", "top5", "top1_best_epoch", "per_epoch", "n_train", "n_test")}
         tk = read(out / "knn_torch.json")
         if tk:
             s["swav_run"]["knn_torch"] = {"trained": tk["trained"],

@@ -13,7 +13,11 @@
 #   (d) a SwAV run, ResNet-18 CIFAR stem, batch 256, on the CIFAR-10 npz for as many epochs as fit
 #       the time left (measured from a 40-step calibration run), and its kNN next to random init:
 #       from eval.json when faiss is installed, else from benchmarks/_proof.py knn (exact cosine
-#       search with torch, ssl_zoo's own vote).
+#       search with torch, ssl_zoo's own vote);
+#   (f) the SwAV paper's linear protocol on that run's backbone (ssl-zoo eval --protocol
+#       linear-paper: a linear layer on frozen features of RandomResizedCrop+flip crops made on
+#       the GPU, bf16, SGD lr 0.3 per 256, cosine; PAPER_EPOCHS epochs, default 5; 1 in a dry
+#       run): RUN/eval_linear_paper.json, last-epoch and best-epoch top-1.
 #
 # Usage: bash benchmarks/gpu_proof.sh OUTDIR [--dry-run] [--npz PATH] [--budget SECONDS]
 #   --dry-run (or no CUDA): every step with tiny settings on the CPU, in a few minutes.
@@ -26,7 +30,7 @@
 # Results: OUTDIR/summary.json, OUTDIR/proof.log, and OUTDIR/proof.tar.gz holding every file.
 set -u -o pipefail
 
-usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; }
 OUT="" DRY=0 NPZ="${SSL_ZOO_PROOF_NPZ:-}" BUDGET="${SSL_ZOO_PROOF_BUDGET:-450}"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -213,7 +217,8 @@ if [ -n "$NPZ" ]; then
       --set train.max_steps=$CAL_STEPS --set train.log_every_iters=$(( CAL_STEPS / 4 )) \
       --out "$WORK/swav_calib"; then
     RESERVE=60; [ "$DRY" = 1 ] && RESERVE=0
-    SECONDS_FOR_TRAINING=$(( $(left) - RESERVE - 20 ))
+    PAPER_CAP=90  # (f) the paper's linear protocol after the run
+    SECONDS_FOR_TRAINING=$(( $(left) - RESERVE - PAPER_CAP - 20 ))
     [ "$DRY" = 1 ] && SECONDS_FOR_TRAINING=5
     EPOCHS=$("$PY" benchmarks/_proof.py epochs "$WORK/swav_calib" "$SECONDS_FOR_TRAINING")
     say "training budget ${SECONDS_FOR_TRAINING}s -> $EPOCHS epochs at batch $BATCH"
@@ -225,10 +230,23 @@ if [ -n "$NPZ" ]; then
       if [ "$FAISS" = 0 ] || [ "$DRY" = 1 ]; then
         step knn_torch 90 "$PY" benchmarks/_proof.py knn "$WORK/swav_run" "$OUT/knn_torch.json"
       fi
+      # (f) the paper's linear protocol on the run's backbone (a short run of the trainer)
+      PAPER_EPOCHS="${PAPER_EPOCHS:-5}"; [ "$DRY" = 1 ] && PAPER_EPOCHS=1
+      PAPER_BATCH=256; [ "$DRY" = 1 ] && PAPER_BATCH=32
+      NOTE="linear-paper, $PAPER_EPOCHS epochs, batch $PAPER_BATCH"
+      step paper_linear "$PAPER_CAP" "$PY" -m ssl_zoo eval "$WORK/swav_run" \
+        --protocol linear-paper --no-progress --set train.epochs="$PAPER_EPOCHS" \
+        --set train.batch_size=$PAPER_BATCH --set eval.batch_size=512
+      mkdir -p "$OUT/swav_run/linear_paper"
+      for f in config.json run_info.json train_summary.json metrics.jsonl; do
+        [ -f "$WORK/swav_run/linear_paper/$f" ] && cp "$WORK/swav_run/linear_paper/$f" \
+          "$OUT/swav_run/linear_paper/"
+      done
     fi
     NOTE=""
     mkdir -p "$OUT/swav_run" "$OUT/swav_calib"
-    for f in config.json run_info.json train_summary.json metrics.jsonl eval.json; do
+    for f in config.json run_info.json train_summary.json metrics.jsonl eval.json \
+        eval_linear_paper.json; do
       [ -f "$WORK/swav_run/$f" ] && cp "$WORK/swav_run/$f" "$OUT/swav_run/"
       [ -f "$WORK/swav_calib/$f" ] && cp "$WORK/swav_calib/$f" "$OUT/swav_calib/"
     done

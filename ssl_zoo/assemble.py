@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from ssl_zoo import registry
-from ssl_zoo.backbones import build_backbone, check_input_sizes
+from ssl_zoo.backbones import build_backbone, check_input_sizes, resolve_stem
 from ssl_zoo.config import (
     RunConfig,
     apply_override,
@@ -31,11 +31,21 @@ from ssl_zoo.config import (
     validate_view_spec,
     view_spec_from_dict,
 )
+from ssl_zoo.data.datasets import ImageDataset
 from ssl_zoo.data.folders import run_canvas
 from ssl_zoo.data.sources import DataSplits, open_source
 from ssl_zoo.data.stats import IMAGENET, known_stats, source_stats
 from ssl_zoo.data.views import ViewSpec
 from ssl_zoo.errors import ConfigError, UserError
+from ssl_zoo.evaluation.supervised import (
+    Supervised,
+    SupervisedConfig,
+    balanced_fraction,
+    listed_indices,
+    protocol_defaults,
+    read_label_list,
+    subset,
+)
 from ssl_zoo.method import Method, MethodConfig
 from ssl_zoo.typed import from_dict, load_config_file, to_dict
 
@@ -344,6 +354,120 @@ def for_weights(sets: list[str] | tuple[str, ...] = ()) -> tuple[RunConfig, Data
     validate_run_config(cfg)
     spec = ViewSpec(mean=tuple(norm["views"]["mean"]), std=tuple(norm["views"]["std"]))
     return cfg, open_dataset(cfg), spec
+
+
+# --------------------------------------------------------------------------------------------
+# the paper's supervised protocols
+# --------------------------------------------------------------------------------------------
+@dataclass
+class ProtocolRun(Run):
+    """A supervised protocol run (``ssl-zoo eval --protocol``): the trainer trains it as any
+    run; its method is a :class:`~ssl_zoo.evaluation.supervised.Supervised` on a backbone that
+    starts from ``backbone_state``, and ``data.train`` is the labelled training set."""
+
+    backbone_state: dict[str, torch.Tensor] | None = None
+    """The backbone's weights (CPU tensors) the run starts from."""
+    labels: torch.Tensor | None = None
+    """The labels of ``data.train``, by its index."""
+    labelled_fraction: float = 1.0
+    """The share of the split's labelled images the run trains on."""
+
+    def build_method(self) -> Method:
+        c = self.config
+        backbone, dim = build_backbone(c.backbone, stem=c.backbone_stem,
+                                       image_size=self.image_size, args=c.backbone_args)
+        backbone.load_state_dict(self.backbone_state, strict=True)
+        return Supervised(backbone, dim, self.method_config, self.labels)
+
+
+def source_fields(cfg: RunConfig, image_size: int) -> dict[str, Any]:
+    """What a protocol run takes from the run (or weights) it evaluates: its data source, its
+    backbone with the stem it was built with, the seed, workers and evaluation batch."""
+    return {"dataset": cfg.dataset, "data_root": cfg.data_root, "download": cfg.download,
+            "skip_bad_images": cfg.skip_bad_images, "image_size": image_size,
+            "backbone": cfg.backbone, "backbone_args": dict(cfg.backbone_args),
+            "backbone_stem": resolve_stem(cfg.backbone_stem, image_size),
+            "train": {"seed": cfg.train.seed, "num_workers": cfg.train.num_workers,
+                      "device": cfg.train.device},
+            "eval": {"batch_size": cfg.eval.batch_size}}
+
+
+def _labelled_train(protocol: str, splits: DataSplits, cfg: RunConfig,
+                    label_fraction: float | None, label_list: str | None
+                    ) -> tuple[ImageDataset, float]:
+    """The labelled training images a protocol trains on (all of them, or the subset the
+    label options name) and their share of the split's labelled images."""
+    labelled = splits.eval_train
+    if labelled is None or labelled.labels is None or splits.test is None \
+            or splits.test.labels is None:
+        raise ConfigError(f"--protocol {protocol}: {cfg.dataset} needs labelled train and test "
+                          "splits")
+    if label_fraction is not None and label_list is not None:
+        raise ConfigError("give --label-fraction or --label-list, not both")
+    if protocol != "semisup":
+        if label_fraction is not None or label_list is not None:
+            raise ConfigError("--label-fraction and --label-list go with --protocol semisup")
+        keep = (labelled.labels >= 0).nonzero().flatten()
+        if keep.shape[0] == len(labelled):
+            return labelled, 1.0
+        return subset(labelled, keep), 1.0
+    if label_list is not None:
+        index = listed_indices(labelled, read_label_list(label_list), label_list)
+    elif label_fraction is not None:
+        index = balanced_fraction(labelled.labels, label_fraction, cfg.train.seed)
+    else:
+        raise ConfigError("--protocol semisup: say which labels, --label-fraction 0.01 (a "
+                          "seeded class-balanced share) or --label-list FILE (file names)")
+    n_labelled = int((labelled.labels >= 0).sum())
+    return subset(labelled, index), index.shape[0] / max(1, n_labelled)
+
+
+def for_protocol(protocol: str, source: dict[str, Any], backbone_state: dict[str, torch.Tensor],
+                 mean: Any, std: Any, sets: list[str] | tuple[str, ...] = (), *,
+                 label_fraction: float | None = None, label_list: str | None = None,
+                 source_key: str = "") -> ProtocolRun:
+    """The protocol run of ``protocol`` (``linear-paper``, ``semisup``) on the backbone
+    weights ``backbone_state``: ``source`` (:func:`source_fields`) gives the data, backbone and
+    seed, the protocol its recipe (:func:`~ssl_zoo.evaluation.supervised.protocol_defaults`),
+    ``sets`` override any field (``dataset=`` for another dataset: its own image size then,
+    unless ``image_size`` is set too; ``views.*`` the crops and normalisation). Assembled as a
+    training run: typed, validated, data opened."""
+    view_sets = [s for s in sets if _set_key(s).startswith("views.") or _set_key(s) == "views"]
+    other = [s for s in sets if s not in view_sets]
+    fields = {f for f in SupervisedConfig.__dataclass_fields__}
+    data: dict[str, Any] = json.loads(json.dumps(source))
+    data["method"] = protocol
+    keys = {_set_key(s) for s in other}
+    if "dataset" in keys and "image_size" not in keys:
+        data["image_size"] = 0  # another dataset: its own size
+    first = copy.deepcopy(data)
+    for s in other:
+        apply_override(first, s, fields)
+    probe = from_dict(RunConfig, {k: v for k, v in first.items() if k != "method_config"})
+    splits = open_dataset(probe)
+    image_size = splits.train.image_size
+    train, fraction = _labelled_train(protocol, splits, probe, label_fraction, label_list)
+    data = _merge_dicts(data, protocol_defaults(protocol, image_size, len(train), fraction))
+    for s in other:
+        apply_override(data, s, fields)
+    data.pop("views", None)
+    method_data = data.pop("method_config", None) or {}
+    classes = train.classes or splits.test.classes
+    num_classes = len(classes) if classes else int(max(int(train.labels.max()),
+                                                       int(splits.test.labels.max()))) + 1
+    method_data.update(num_classes=num_classes, source=source_key)
+    cfg = from_dict(RunConfig, data)
+    method_config = from_dict(SupervisedConfig, method_data, "method")
+    validate_run_config(cfg)
+    spec = _view_spec(Supervised, method_config, image_size, mean, std, None, view_sets)
+    Supervised.check_views(method_config, spec)
+    method_config.validate(image_size, cfg.train.batch_size, len(train))
+    cfg.image_size = image_size
+    cfg.method_config = to_dict(method_config)
+    cfg.views = to_dict(spec)
+    return ProtocolRun(cfg, Supervised, method_config, spec, image_size,
+                       DataSplits(train, None, splits.test), backbone_state=backbone_state,
+                       labels=train.labels, labelled_fraction=fraction)
 
 
 def resolve_device(pref: str, local_rank: int = 0) -> torch.device:

@@ -19,17 +19,23 @@ from torch.distributed.elastic.multiprocessing import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
 from ssl_zoo import assemble, registry
+from ssl_zoo.backbones import build_backbone
 from ssl_zoo.checkpoint import load_latest_checkpoint, safe_load
 from ssl_zoo.compare import parse_seeds, plan, run_compare
+from ssl_zoo.config import RunConfig
 from ssl_zoo.data.prepared import prepare
+from ssl_zoo.data.stats import IMAGENET
 from ssl_zoo.errors import UserError
 from ssl_zoo.evaluation.run import RunEvaluation, evaluate_backbone
-from ssl_zoo.evaluation.weights import backbone_for_weights
-from ssl_zoo.export import export_backbone
+from ssl_zoo.evaluation.supervised import PROTOCOLS
+from ssl_zoo.evaluation.weights import backbone_for_weights, load_weights_into
+from ssl_zoo.export import backbone_state_dict, export_backbone
 from ssl_zoo.preemption import EXIT_STOPPED, RunStopped
+from ssl_zoo.protocols import protocol_slug, run_protocol
 from ssl_zoo.report import make_console, print_eval, print_train_summary
 from ssl_zoo.runstate import has_checkpoint
 from ssl_zoo.train import Trainer, shutdown_distributed
+from ssl_zoo.typed import from_dict
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -95,8 +101,21 @@ def build_parser() -> argparse.ArgumentParser:
                                   "(default runs/eval-<weights file>-<dataset>)")
     ev.add_argument("--data-root")
     ev.add_argument("--device", default="auto")
+    ev.add_argument("--protocol", default="features", choices=("features", *PROTOCOLS),
+                    help="features (default): kNN, feature probe, RankMe, clustering on "
+                         "frozen features; linear-paper: the SwAV paper's linear layer on "
+                         "augmented crops (official eval_linear.py), trained by the trainer; "
+                         "semisup: fine-tuning on a labelled subset (official eval_semisup.py)")
+    ev.add_argument("--label-fraction", type=float, metavar="F",
+                    help="semisup: a seeded class-balanced share of the training labels, "
+                         "e.g. 0.01")
+    ev.add_argument("--label-list", metavar="FILE",
+                    help="semisup: the labelled images, one file name per line (SimCLR's "
+                         "1%%/10%% ImageNet lists); folder: sources only")
+    ev.add_argument("--no-progress", action="store_true", help="no progress bar")
     ev.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="eval fields, e.g. --set eval.linear=false")
+                    help="eval fields, e.g. --set eval.linear=false; with --protocol, fields "
+                         "of the protocol run, e.g. --set train.epochs=10")
 
     cmp = sub.add_parser("compare", help="train and evaluate several methods on one budget")
     cmp.add_argument("--methods", required=True, help="comma-separated names")
@@ -303,6 +322,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """``ssl-zoo eval RUN_DIR_OR_CHECKPOINT``: rebuild the method from its checkpoint and
     evaluate it (on its own data, or ``--dataset``)."""
     console = _console()
+    if args.protocol == "features" and (args.label_fraction is not None or args.label_list):
+        raise UserError("--label-fraction and --label-list go with --protocol semisup")
     if args.weights:
         return _eval_weights(args, console)
     if not args.target:
@@ -319,6 +340,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
     else:
         raise UserError(f"{args.target}: no such run directory or checkpoint")
+    if args.protocol != "features":
+        return _eval_protocol(args, console, state, ckpt, run_dir)
     sets = list(args.set)
     if args.dataset:
         sets.append(f"dataset={args.dataset}")
@@ -349,6 +372,8 @@ def _eval_weights(args: argparse.Namespace, console) -> int:
     if not args.backbone or not args.dataset:
         raise UserError("eval --weights: also give --backbone NAME (e.g. resnet50) and "
                         "--dataset D")
+    if args.protocol != "features":
+        return _eval_protocol(args, console, None, Path(args.weights), None)
     sets = [f"dataset={args.dataset}", f"backbone={args.backbone}", *args.set]
     if args.data_root:
         sets.append(f"data_root={args.data_root}")
@@ -363,6 +388,66 @@ def _eval_weights(args: argparse.Namespace, console) -> int:
     evaluate_backbone(model, data, spec, device, cfg, out_dir=out,
                       checkpoint_key=str(Path(args.weights).resolve()), console=console,
                       show=lambda result: print_eval(console, result))
+    return 0
+
+
+def _safe_name(text: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in text)
+
+
+def _eval_protocol(args: argparse.Namespace, console, state, ckpt: Path,
+                   run_dir: Path | None) -> int:
+    """``ssl-zoo eval RUN --protocol P`` or ``eval --weights FILE ... --protocol P``: a
+    supervised protocol run of the trainer on the backbone's weights (``ssl_zoo.protocols``)."""
+    if state is not None:  # a run's checkpoint
+        if not isinstance(state, dict) or "config" not in state or "model" not in state:
+            raise UserError(f"{ckpt}: not an ssl-zoo training checkpoint")
+        saved = json.loads(state["config"])
+        source = from_dict(RunConfig, {k: v for k, v in saved.items()
+                                       if k not in ("method_config", "views")})
+        views = saved.get("views") or {}
+        mean, std = views.get("mean", IMAGENET[0]), views.get("std", IMAGENET[1])
+        weights = backbone_state_dict(state["model"])
+        image_size = int(saved.get("image_size") or 0)
+        key = f"{Path(ckpt).resolve()}@{state.get('step')}"
+        out = run_dir
+    else:  # a weights file of any known layout
+        source = from_dict(RunConfig, {"dataset": args.dataset, "backbone": args.backbone,
+                                       "backbone_stem": "imagenet"})
+        mean, std = IMAGENET
+        backbone, _ = build_backbone(source.backbone, stem="imagenet", image_size=224)
+        weights = load_weights_into(backbone, ckpt, source.backbone).state_dict()
+        image_size, key = 0, str(Path(ckpt).resolve())
+        out = Path(args.out or f"runs/eval-{Path(ckpt).stem}-{_safe_name(args.dataset)}")
+    sets = [f"train.device={args.device}"]
+    suffix = ""
+    if args.dataset and args.dataset != source.dataset:
+        sets.append(f"dataset={args.dataset}")
+        suffix = "_" + _safe_name(args.dataset)
+    if args.data_root:
+        sets.append(f"data_root={args.data_root}")
+    sets += list(args.set)
+    run = assemble.for_protocol(
+        args.protocol, assemble.source_fields(source, image_size), weights, mean, std, sets,
+        label_fraction=args.label_fraction, label_list=args.label_list, source_key=key)
+    slug = protocol_slug(args.protocol, suffix)
+    out.mkdir(parents=True, exist_ok=True)
+    result_path = out / f"eval_{slug}.json"
+    t = run.config.train
+    console.print(f"[bold]ssl-zoo[/] eval --protocol {args.protocol}: {run.config.backbone} on "
+                  f"{run.config.dataset} ({len(run.data.train)} labelled images, "
+                  f"{run.image_size}px), {t.epochs} epochs, batch {t.batch_size} -> {out / slug}")
+    try:
+        result = run_protocol(run, args.protocol, out / slug, result_path, console=console,
+                              show_progress=not args.no_progress)
+    except RunStopped as stop:
+        console.print(f"\n[yellow]{stop}[/]; run the same command again to continue")
+        return EXIT_STOPPED
+    if result:
+        best = result["top1_best_epoch"]
+        console.print(f"{args.protocol}: test top-1 {result['top1']:.2f} (last epoch; best epoch "
+                      f"{best['top1']:.2f} at epoch {best['epoch']}, as the official script "
+                      f"prints it) -> {result_path}")
     return 0
 
 

@@ -26,6 +26,7 @@ from ssl_zoo.typed import (  # noqa: F401  (to_dict, load_config_file: re-export
 OPTIMIZERS = ("sgd", "lars", "adam", "adamw")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 LOGGERS = ("auto", "jsonl", "tensorboard")
+LR_SCHEDULES = ("cosine", "step")
 VIEW_PLACES = ("auto", "workers", "step")
 DECODERS = ("workers", "device")
 
@@ -63,6 +64,18 @@ class TrainConfig:
     """Linear warm-up from 0 to the peak rate, then cosine decay, set per iteration."""
     final_lr_ratio: float = 0.0
     """Learning rate at the end of the cosine, as a fraction of the peak."""
+    lr_schedule: str = "cosine"
+    """cosine (after the warm-up, per iteration, to final_lr_ratio) or step (the peak rate,
+    multiplied by lr_decay_gamma at the start of each epoch in lr_decay_epochs: torch's
+    MultiStepLR stepped per epoch, as the official SwAV eval_semisup.py)."""
+    lr_decay_epochs: list[int] = field(default_factory=list)
+    """With lr_schedule=step: the epochs (counted from 0) at whose start the rate decays."""
+    lr_decay_gamma: float = 0.1
+    """With lr_schedule=step: the factor of each decay."""
+    lr_scale: dict[str, float] = field(default_factory=dict)
+    """Learning-rate multipliers by parameter-name prefix, e.g. {"head.": 20} gives the
+    parameters whose names start with "head." 20 times the scheduled rate (the first prefix
+    that matches wins; others get 1)."""
     warmup_start_lr_ratio: float = 0.0
     """Learning rate of the first warm-up iteration, as a fraction of the peak; > 0: a linear
     ramp from it to the peak, as the official SwAV --start_warmup (0.3 / 4.8 = 0.0625)."""
@@ -237,6 +250,7 @@ def validate_run_config(cfg: RunConfig) -> None:
         (t.warmup_epochs <= t.epochs, "train.warmup_epochs must not exceed train.epochs"),
         (0 <= t.final_lr_ratio <= 1, "train.final_lr_ratio must be in [0, 1]"),
         (0 <= t.warmup_start_lr_ratio <= 1, "train.warmup_start_lr_ratio must be in [0, 1]"),
+        (t.lr_decay_gamma > 0, "train.lr_decay_gamma must be > 0"),
         (t.sync_bn_group_size >= 0, "train.sync_bn_group_size must be >= 0 (0: all processes)"),
         (t.num_workers >= 0, "train.num_workers must be >= 0"),
         (t.log_every_iters >= 1, "train.log_every_iters must be >= 1"),
@@ -257,6 +271,16 @@ def validate_run_config(cfg: RunConfig) -> None:
             raise ConfigError(msg)
     if t.optimizer not in OPTIMIZERS:
         raise ConfigError("train.optimizer: " + suggest(t.optimizer, OPTIMIZERS, "optimizer"))
+    if t.lr_schedule not in LR_SCHEDULES:
+        raise ConfigError("train.lr_schedule: " + suggest(t.lr_schedule, LR_SCHEDULES,
+                                                          "schedule"))
+    if any(not isinstance(e, int) or isinstance(e, bool) or e < 0 for e in t.lr_decay_epochs):
+        raise ConfigError(f"train.lr_decay_epochs: expected whole epochs >= 0, got "
+                          f"{t.lr_decay_epochs!r}")
+    for prefix, scale in t.lr_scale.items():
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
+            raise ConfigError(f"train.lr_scale.{prefix}: expected a positive number, got "
+                              f"{scale!r}")
     if t.amp not in AMP_MODES:
         raise ConfigError("train.amp: " + suggest(t.amp, AMP_MODES, "mode"))
     if t.logger not in LOGGERS:

@@ -105,21 +105,42 @@ def is_no_decay(name: str, param: nn.Parameter) -> bool:
     return param.ndim <= 1 or name.endswith(".bias") or name.rpartition(".")[2] in NO_DECAY_NAMES
 
 
-def param_groups(named_params, weight_decay: float, exclude_norm_and_bias: bool = True
-                 ) -> list[dict]:
+def lr_scale_of(name: str, lr_scale: dict[str, float] | None) -> float:
+    """The learning-rate multiplier of parameter ``name``: the value of the first prefix of
+    ``lr_scale`` it starts with, else 1 (``train.lr_scale``)."""
+    for prefix, scale in (lr_scale or {}).items():
+        if name.startswith(prefix):
+            return float(scale)
+    return 1.0
+
+
+def param_groups(named_params, weight_decay: float, exclude_norm_and_bias: bool = True,
+                 lr_scale: dict[str, float] | None = None) -> list[dict]:
     """Decayed and LARS-adapted weights, and, with ``exclude_norm_and_bias``, a second group of
     norm/bias (and ViT position-embedding and token) parameters without decay or adaptation
     (SimCLR, BYOL, DINO). Without it every parameter is decayed and adapted (the official SwAV
-    code's LARC). ``apply_weight_decay`` marks the group :func:`set_weight_decay` schedules."""
-    decay, no_decay = [], []
+    code's LARC). ``apply_weight_decay`` marks the group :func:`set_weight_decay` schedules.
+    With ``lr_scale`` (prefix -> multiplier) each of these is split further by multiplier, and
+    every group carries its ``lr_scale`` (:func:`set_lr` multiplies the scheduled rate by it)."""
+    split: dict[tuple[bool, float], list] = {}
     for name, p in named_params:
-        (no_decay if exclude_norm_and_bias and is_no_decay(name, p) else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay, "lars_adapt": True,
-               "apply_weight_decay": True}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0, "lars_adapt": False,
-                       "apply_weight_decay": False})
+        no_decay = exclude_norm_and_bias and is_no_decay(name, p)
+        split.setdefault((no_decay, lr_scale_of(name, lr_scale)), []).append(p)
+    groups = []
+    for (no_decay, scale), params in sorted(split.items(), key=lambda kv: kv[0]):
+        groups.append({"params": params, "weight_decay": 0.0 if no_decay else weight_decay,
+                       "lars_adapt": not no_decay, "apply_weight_decay": not no_decay,
+                       "lr_scale": scale})
+    if not groups:
+        groups.append({"params": [], "weight_decay": weight_decay, "lars_adapt": True,
+                       "apply_weight_decay": True, "lr_scale": 1.0})
     return groups
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set every group's rate to ``lr`` times its ``lr_scale`` (1 when it has none)."""
+    for g in optimizer.param_groups:
+        g["lr"] = lr * g.get("lr_scale", 1.0)
 
 
 def weight_decay_at(step: int, total_steps: int, start: float, end: float | None) -> float:
@@ -162,12 +183,15 @@ def clip_gradients(params, max_norm: float) -> torch.Tensor | None:
 
 
 def build_optimizer(name: str, named_params, lr: float, weight_decay: float, momentum: float,
-                    lars_eta: float, exclude_norm_and_bias: bool = True
-                    ) -> torch.optim.Optimizer:
-    """The optimiser ``name`` (sgd, lars, adam, adamw) over BN/bias-aware parameter groups;
-    SGD and LARS are :class:`MomentumSGD` (multi-tensor), Adam and AdamW PyTorch's fused ones
-    (one kernel for all parameters)."""
-    groups = param_groups(named_params, weight_decay, exclude_norm_and_bias)
+                    lars_eta: float, exclude_norm_and_bias: bool = True,
+                    lr_scale: dict[str, float] | None = None) -> torch.optim.Optimizer:
+    """The optimiser ``name`` (sgd, lars, adam, adamw) over BN/bias-aware parameter groups
+    (split by ``lr_scale`` prefixes, :func:`param_groups`); SGD and LARS are
+    :class:`MomentumSGD` (multi-tensor), Adam and AdamW PyTorch's fused ones (one kernel for
+    all parameters)."""
+    groups = param_groups(named_params, weight_decay, exclude_norm_and_bias, lr_scale)
+    for g in groups:
+        g["lr"] = lr * g["lr_scale"]
     if name == "lars":
         return LARS(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, eta=lars_eta)
     if name == "sgd":
@@ -200,3 +224,16 @@ def warmup_cosine(step: int, total_steps: int, warmup_steps: int, peak_lr: float
     decay_steps = max(1, total_steps - warmup_steps - 1)
     t = min(1.0, (step - warmup_steps) / decay_steps)
     return final_lr + 0.5 * (peak_lr - final_lr) * (1 + math.cos(math.pi * t))
+
+
+def step_decay(step: int, steps_per_epoch: int, warmup_steps: int, peak_lr: float,
+               decay_epochs: list[int], gamma: float, start_lr: float = 0.0) -> float:
+    """Learning rate at iteration ``step`` of a step schedule: the warm-up of
+    :func:`warmup_cosine`, then ``peak_lr`` times ``gamma`` once for each epoch of
+    ``decay_epochs`` that has begun (the epoch of a step is ``step // steps_per_epoch``): torch's
+    ``MultiStepLR(milestones=decay_epochs, gamma=gamma)`` stepped once per epoch, as the
+    official SwAV ``eval_semisup.py`` (20 epochs, decays at 12 and 16, gamma 0.2)."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return warmup_cosine(step, warmup_steps + 1, warmup_steps, peak_lr, peak_lr, start_lr)
+    epoch = step // max(1, steps_per_epoch)
+    return peak_lr * gamma ** sum(1 for e in decay_epochs if epoch >= e)

@@ -26,6 +26,7 @@ from ssl_zoo.errors import ConfigError
 from ssl_zoo.method import Method
 from ssl_zoo.modules import distributed as D
 from ssl_zoo.nonfinite import jsonable
+from ssl_zoo.optim import set_lr  # noqa: F401  (the step's rate: re-exported for the trainer)
 
 PHASES = ("zoo:views", "zoo:forward", "zoo:nonfinite", "zoo:backward", "zoo:hooks",
           "zoo:optimizer")
@@ -262,10 +263,6 @@ class EpochBar:
 
 
 # ---- the parts of one step --------------------------------------------------------------------
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for g in optimizer.param_groups:
-        g["lr"] = lr
-
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager:
     """Mixed precision in ``dtype``, or nothing (float32) when it is None."""

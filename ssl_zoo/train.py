@@ -31,6 +31,7 @@ from ssl_zoo.optim import (
     build_optimizer,
     clip_gradients,
     set_weight_decay,
+    step_decay,
     warmup_cosine,
     weight_decay_at,
 )
@@ -54,9 +55,9 @@ class Trainer:
     all-reduce of the gradients in backward). Only forward goes through ``model``, so checkpoint
     keys never carry DDP's ``module.`` prefix.
 
-    Evaluation comes in as a callback (``evaluation``: an object with ``periodic(network,
-    device) -> dict`` (the method's evaluated network, ``eval.network``) and
-    ``final(method, device, step) -> dict``, as
+    Evaluation comes in as a callback (``evaluation``: an object with ``periodic(method,
+    device) -> dict`` (it evaluates the method's chosen network, ``eval.network``; the protocols
+    their whole module) and ``final(method, device, step) -> dict``, as
     :class:`ssl_zoo.evaluation.run.RunEvaluation`), so the loop knows nothing of metrics.
     """
 
@@ -110,7 +111,7 @@ class Trainer:
         self.warmup_steps = int(round(t.warmup_epochs * self.steps_per_epoch))
         self.optimizer = build_optimizer(
             t.optimizer, self.method.trainable_parameters(), self.peak_lr, t.weight_decay,
-            t.momentum, t.lars_eta, t.exclude_norm_and_bias,
+            t.momentum, t.lars_eta, t.exclude_norm_and_bias, t.lr_scale,
         )
         self.autocast_dtype = steps.amp_dtype(t.amp, self.device)
         self.scaler = torch.amp.GradScaler("cuda") if self.autocast_dtype == torch.float16 else None
@@ -142,6 +143,18 @@ class Trainer:
     def train_seconds(self) -> float:
         """Training seconds so far, this run's earlier segments included (periodic kNN not)."""
         return self.clock.seconds
+
+    def lr_at(self, step: int) -> float:
+        """The scheduled rate of iteration ``step`` (``train.lr_schedule``), before each
+        group's ``lr_scale``."""
+        t = self.cfg.train
+        if t.lr_schedule == "step":
+            return step_decay(step, self.steps_per_epoch, self.warmup_steps, self.peak_lr,
+                              t.lr_decay_epochs, t.lr_decay_gamma,
+                              self.peak_lr * t.warmup_start_lr_ratio)
+        return warmup_cosine(step, self.total_steps, self.warmup_steps, self.peak_lr,
+                             self.peak_lr * t.final_lr_ratio,
+                             self.peak_lr * t.warmup_start_lr_ratio)
 
     # ---- data for hooks ------------------------------------------------------------------------
     def eval_batches(self, batch_size: int | None = None):
@@ -224,9 +237,7 @@ class Trainer:
         carries a ``torch.profiler`` label while a profiler runs (``benchmarks/bench_step.py``)."""
         t, label = self.cfg.train, steps.phase_labels()
         with label("zoo:hooks"):
-            lr = warmup_cosine(self.step, self.total_steps, self.warmup_steps, self.peak_lr,
-                               self.peak_lr * t.final_lr_ratio,
-                               self.peak_lr * t.warmup_start_lr_ratio)
+            lr = self.lr_at(self.step)
             steps.set_lr(self.optimizer, lr)
             set_weight_decay(self.optimizer, weight_decay_at(
                 self.step, self.total_steps, t.weight_decay, t.weight_decay_end))
@@ -407,14 +418,17 @@ class Trainer:
             self.save()
 
     def _end_epoch(self) -> None:
-        """After an epoch's batches (or at ``max_steps``): advance, checkpoint, maybe evaluate."""
+        """After an epoch's batches (or at ``max_steps``): advance, maybe evaluate, checkpoint.
+        The periodic evaluation comes first, so that its record is in metrics.jsonl whenever
+        the epoch's checkpoint exists: a run killed during it resumes from the checkpoint
+        before and does the epoch and its evaluation again (a per-epoch record is never lost)."""
         if self.batch_in_epoch >= self.steps_per_epoch:
             self.epoch += 1
             self.batch_in_epoch = 0
         self.nonfinite.check(self.step)
-        self.save()
         if not self._stopping:
             self._maybe_evaluate()
+        self.save()
 
     def _stop(self) -> None:
         """After a stop signal's checkpoint: requeue the SLURM job when asked; RunStopped."""
@@ -455,8 +469,7 @@ class Trainer:
         train_s = self.train_seconds
         with self.clock.paused():
             if self.is_main and self.evaluation is not None:
-                acc = self.evaluation.periodic(self.method.eval_network(self.cfg.eval.network),
-                                               self.device)
+                acc = self.evaluation.periodic(self.method, self.device)
                 self.method.train()
                 self._log({"step": self.step, "epoch": self.epoch, "train_s": train_s, **acc})
             if self.world_size > 1:

@@ -4,8 +4,29 @@ under DDP gives what one process gives (2 gloo ranks with batch B each == 1 proc
 
 from __future__ import annotations
 
+import pytest
 import torch
 from ddp_harness import kill_launcher_and_ranks
+
+from ssl_zoo.testing import TinyNet, compare_one_vs_two, make_inputs
+
+
+def build_linear_protocol():
+    """The paper's linear protocol: a linear layer on a frozen backbone, labels by index."""
+    from ssl_zoo.evaluation.supervised import Supervised, SupervisedConfig
+
+    return Supervised(TinyNet(), 24, SupervisedConfig(num_classes=3),
+                      labels=torch.arange(8) % 3)
+
+
+def test_linear_protocol_two_ranks_equal_one_process():
+    groups, index = make_inputs(batch=8, sizes=[(1, 8)])
+    (losses, state), ranks = compare_one_vs_two(build_linear_protocol, groups, index, 2)
+    for r in ranks:
+        assert r["losses"] == pytest.approx(losses, rel=1e-5, abs=1e-6)
+    for key, value in state.items():
+        for r in ranks:
+            torch.testing.assert_close(r["state"][key], value, rtol=1e-4, atol=1e-5, msg=key)
 
 
 def test_two_process_cli_run_trains_checkpoints_and_resumes(tmp_path, toy_method_file):

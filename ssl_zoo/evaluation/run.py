@@ -216,8 +216,9 @@ class RunEvaluation:
         self.run_dir = Path(run_dir)
         self.console, self.show = console, show
 
-    def periodic(self, network, device) -> dict[str, float]:
-        """kNN of ``network`` (the method's evaluated network) during training."""
+    def periodic(self, method, device) -> dict[str, float]:
+        """kNN of the method's evaluated network (``eval.network``) during training."""
+        network = method.eval_network(self.cfg.eval.network)
         return quick_knn(network, self.data, self.view_spec, device, self.cfg.eval.batch_size)
 
     def final(self, method, device, step: int) -> dict[str, Any]:
