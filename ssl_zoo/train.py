@@ -271,8 +271,9 @@ class Trainer:
         """The contract's checks, once per process before its first iteration (a resumed run's
         too), on this iteration's batch and crops: forward returns a proper StepOutput and every
         trainable parameter gets a gradient (:func:`ssl_zoo.contract.dry_step`: nothing
-        applied, state and generators put back, so the run is the same as without it). Not
-        counted as training time."""
+        applied, state and generators put back, so the run is the same as without it). Its
+        time counts as training time (a segment's training seconds are its wall time but the
+        periodic evaluation)."""
         t = self.cfg.train
 
         def make_views() -> Views:
@@ -280,9 +281,8 @@ class Trainer:
             return self._views(images, index, sizes)
 
         self.ctx.step, self.ctx.epoch = self.step, self.epoch
-        with self.clock.paused():
-            dry_step(self.method, make_views, self.ctx,
-                     steps.autocast(self.device, self.autocast_dtype), self.world_size)
+        dry_step(self.method, make_views, self.ctx,
+                 steps.autocast(self.device, self.autocast_dtype), self.world_size)
         self._dry_step_done = True
 
     def _views(self, images: torch.Tensor | Views, index: torch.Tensor,
