@@ -184,7 +184,6 @@ class DeepClusterV2(Method):
                              torch.zeros(len(c.num_prototypes), 0, dtype=torch.long))
         sized_by_checkpoint(self, "assignments")
         host_counters(self, assigned_epoch=-1)
-        self._ctx = TrainContext()  # the trainer's, kept in on_train_start (log_step)
         self._pending: tuple[torch.Tensor, list[torch.Tensor]] | None = None
 
     @classmethod
@@ -265,8 +264,9 @@ class DeepClusterV2(Method):
 
     # --- the step -------------------------------------------------------------------------------
     def forward(self, views: Views, ctx: TrainContext | None = None) -> StepOutput:
+        """Every crop predicts its image's cluster in every head (``cluster_prediction_loss``);
+        the agreement metric only on log steps (``ctx.log_step``; outside a trainer, always)."""
         c = self.config
-        ctx = ctx if ctx is not None else self._ctx
         problem = crops_problem(c.crops_for_assign, len(views))
         if problem:  # the trainer checked the view spec; a direct call may pass other views
             raise ConfigError(f"method.{problem}")
@@ -286,7 +286,7 @@ class DeepClusterV2(Method):
             per_crop = z.detach().chunk(len(views))
             self._pending = (index, [per_crop[crop] for crop in c.crops_for_assign])
         metrics: dict[str, Any] = {"ln_k": math.log(c.num_prototypes[0])}
-        if ctx.log_step:
+        if ctx is None or ctx.log_step:
             n_crops = len(views)
             metrics["target_top1"] = torch.stack(
                 [(s.detach().argmax(1) == t.repeat(n_crops)).float().mean()
@@ -305,7 +305,7 @@ class DeepClusterV2(Method):
 
     # --- hooks ------------------------------------------------------------------------------------
     def on_train_start(self, ctx: TrainContext) -> None:
-        self._ctx = ctx
+        """Rows for every training image (or the checkpoint's, checked against the data)."""
         self._allocate(ctx.dataset_size)
 
     def on_epoch_start(self, ctx: TrainContext) -> None:

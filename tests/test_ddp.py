@@ -34,11 +34,26 @@ def build_pcl():
                                         num_negative_prototypes=1))
 
 
+def build_deepclusterv2():
+    from ssl_zoo_methods.deepclusterv2 import DeepClusterV2, DeepClusterV2Config
+
+    return DeepClusterV2(TinyNet(), 24, DeepClusterV2Config(num_prototypes=(2, 3), feat_dim=8,
+                                                            hidden_dim=16))
+
+
+def build_selav2():
+    from ssl_zoo_methods.selav2 import SeLaV2, SeLaV2Config
+
+    return SeLaV2(TinyNet(), 24, SeLaV2Config(num_prototypes=(2, 3), feat_dim=8, hidden_dim=16))
+
+
 CASES = {
     "swav": (build_swav, [(2, 8), (2, 4)], 4),
     "simclr": (build_simclr, [(2, 8)], 2),
     "moco": (build_moco, [(2, 8)], 3),
     "pcl": (build_pcl, [(2, 8)], 2),
+    "deepclusterv2": (build_deepclusterv2, [(2, 8), (2, 4)], 3),
+    "selav2": (build_selav2, [(2, 8), (2, 4)], 3),
 }
 
 

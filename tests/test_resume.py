@@ -91,6 +91,21 @@ def test_builtin_methods_survive_sigkill(tmp_path, method):
         total_steps=24)
 
 
+METHODS = Path(__file__).resolve().parents[1] / "methods"
+
+
+@pytest.mark.parametrize("spec", ["deepclusterv2.py:DeepClusterV2", "selav2.py:SeLaV2"])
+def test_clustering_methods_survive_sigkill(tmp_path, spec):
+    """Killed mid-epoch, the memory, the epoch's assignments and (SeLa-v2) the learned
+    prototypes resume exactly; the second epoch's clustering then matches too. By file until
+    the entry points are installed."""
+    kill_and_resume_equals_uninterrupted(
+        tmp_path, str(METHODS / spec),
+        ["--batch-size", "100", "--epochs", "2", "--set", "train.max_steps=24",
+         "--set", "views.groups.1.count=0", "--set", "method.num_prototypes=[10,20]"],
+        total_steps=24)
+
+
 def test_views_made_in_the_workers_survive_sigkill(tmp_path):
     """A CPU run from a prepared store makes its crops in the loader's workers (the default
     there); resumed mid-epoch, its workers start at the right step's crops."""

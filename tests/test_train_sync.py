@@ -13,6 +13,8 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from pathlib import Path
+
 from ssl_zoo.assemble import resolve
 from ssl_zoo.data.views import make_views
 from ssl_zoo.train import Trainer
@@ -60,6 +62,7 @@ class SyncCounter(TorchDispatchMode):
         return func(*args, **kwargs)
 
 
+METHODS = Path(__file__).resolve().parents[1] / "methods"
 BASE = ["dataset=demo", "backbone=convnet", "train.batch_size=64", "train.epochs=1",
         "train.log_every_iters=1000", "eval.enabled=false", "train.max_steps=8"]
 CASES = {
@@ -74,6 +77,12 @@ CASES = {
     "pcl": ["method=pcl", "method.queue_length=256", "method.warmup_epochs=0",
             "method.num_clusters=[10,20]", "method.kmeans_iters=3", "method.kmeans_redo=1",
             "train.optimizer=adamw"],
+    # by file until the entry points are installed; the epoch-start clustering is outside the
+    # counted step
+    "deepclusterv2": [f"method={METHODS / 'deepclusterv2.py'}:DeepClusterV2",
+                      "method.num_prototypes=[10,20]", "views.groups.1.count=2"],
+    "selav2": [f"method={METHODS / 'selav2.py'}:SeLaV2", "method.num_prototypes=[10,20]",
+               "views.groups.1.count=2"],
 }
 
 
