@@ -9,11 +9,11 @@ machine the same steps also run under ``torch.cuda.set_sync_debug_mode("error")`
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-
-from pathlib import Path
 
 from ssl_zoo.assemble import resolve
 from ssl_zoo.data.views import make_views
