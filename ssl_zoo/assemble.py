@@ -193,6 +193,9 @@ def _view_spec(cls: type[Method], method_config: MethodConfig, image_size: int, 
     """The method's default view spec with the given ``views`` and the ``views.*`` sets on
     top, groups of count 0 left out, validated against the image size."""
     spec = cls.default_views(method_config, image_size)
+    if not isinstance(spec, ViewSpec):
+        raise UserError(f"{cls.__name__}.default_views returned {type(spec).__name__}, not a "
+                        "ssl_zoo.data.views.ViewSpec")
     spec.mean, spec.std = tuple(mean), tuple(std)
     spec_data = {"views": to_dict(spec)}
     if given_views is not None:
