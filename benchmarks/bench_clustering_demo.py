@@ -60,7 +60,9 @@ def main() -> None:
                 cmd += ["--set", s]
             subprocess.run(cmd, check=True, cwd=ROOT)
             runs.append(out)
-    rows = [summary(r) | {"run": r.name} for r in runs]
+    rows = [summary(r) for r in runs]
+    for row in rows:  # "methods/selav2.py:SeLaV2" -> "selav2"
+        row["name"] = Path(row["method"].split(":")[0]).stem
     write_result("clustering_demo", {
         "what": "defaults on the demo set (2,000 train / 1,000 test CIFAR-10 images, 32 px), "
                 "small ConvNet, 40 epochs, 2 CPU cores shared with other jobs (times are "

@@ -244,7 +244,7 @@ def table_clustering_demo(r: dict) -> str:
              "| train min |", "|---|---|---|---|---|---|---|---|"]
     for row in r["rows"]:
         t, crops = row["trained"], " + ".join(f"{n}x{s}" for n, s in row["crops"] if n)
-        lines.append(f"| {row['run']} | {crops} | {row['epochs']} | {f3(t['knn_k20'])} "
+        lines.append(f"| {row['name']} | {crops} | {row['epochs']} | {f3(t['knn_k20'])} "
                      f"| {f3(t['knn_k200'])} | {f3(t['linear'])} | {f3(t['nmi'])} "
                      f"| {row['train_seconds'] / 60:.1f} |")
     ri = r["rows"][0]["random_init"]
