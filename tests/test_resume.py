@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from ssl_zoo.cli import main
-from ssl_zoo.testing import kill_and_resume_equals_uninterrupted as testing_kill_and_resume
+from ssl_zoo.testing import kill_and_resume_equals_uninterrupted as _kill_and_resume
 from ssl_zoo.testing import kill_at_random_step, logged_records, train_command
 
 
@@ -30,7 +30,7 @@ def _kill_at_random_step(cmd: list[str], run: Path, low: int, high: int) -> int:
 def kill_and_resume_equals_uninterrupted(tmp_path: Path, method: str, extra: list[str],
                                          total_steps: int) -> None:
     """The conformance kit's check (ssl_zoo/testing.py) on the demo set."""
-    testing_kill_and_resume(tmp_path, method, ["--dataset", "demo", *extra], total_steps)
+    _kill_and_resume(tmp_path, method, ["--dataset", "demo", *extra], total_steps)
 
 
 def test_toy_method_survives_sigkill(tmp_path, toy_method_file):
