@@ -268,6 +268,20 @@ def table_eval_scale(r: dict) -> str:
     return "\n".join(lines)
 
 
+def table_clustering_demo(r: dict) -> str:
+    lines = ["| method | crops | epochs | kNN k=20 T=0.07 | kNN k=200 T=0.1 | linear | NMI "
+             "| train min |", "|---|---|---|---|---|---|---|---|"]
+    for row in r["rows"]:
+        t, crops = row["trained"], " + ".join(f"{n}x{s}" for n, s in row["crops"] if n)
+        lines.append(f"| {row['name']} | {crops} | {row['epochs']} | {f3(t['knn_k20'])} "
+                     f"| {f3(t['knn_k200'])} | {f3(t['linear'])} | {f3(t['nmi'])} "
+                     f"| {row['train_seconds'] / 60:.1f} |")
+    ri = r["rows"][0]["random_init"]
+    lines.append(f"| random init | - | - | {f3(ri['knn_k20'])} | {f3(ri['knn_k200'])} "
+                 f"| {f3(ri['linear'])} | {f3(ri['nmi'])} | - |")
+    return "\n".join(lines)
+
+
 LOADERS = {"step": load_step}
 
 TABLES = {"views": table_views, "folder": table_folder, "folder_cuda": table_folder,
@@ -276,7 +290,7 @@ TABLES = {"views": table_views, "folder": table_folder, "folder_cuda": table_fol
           "swav_vs_lightly": table_swav,
           "compare": table_compare, "swav_claims": table_claims, "swav_sweep": table_sweep,
           "loss_scaling_cpu": table_loss_scaling, "ddp_cpu": table_ddp, "step": table_step,
-          "eval_scale": table_eval_scale}
+          "eval_scale": table_eval_scale, "clustering_demo": table_clustering_demo}
 
 
 def fill(path: Path) -> None:

@@ -39,6 +39,7 @@ from ssl_zoo.errors import ConfigError
 from ssl_zoo.evaluation.faiss_utils import kmeans
 from ssl_zoo.method import StepOutput, TrainContext
 from ssl_zoo.modules.distributed import all_reduce_sum, get_rank, is_distributed
+from ssl_zoo.modules.memory import dataset_embeddings
 from ssl_zoo.modules.state import host_counters, sized_by_checkpoint
 
 
@@ -229,26 +230,14 @@ class PCL(MoCo):
         and of how often each index was seen (padding may repeat images) give every rank the
         whole dataset.
         """
-        n, d = ctx.dataset_size, self.config.proj_dim
-        device = self.queue.features.device
-        feats = torch.zeros(n, d, device=device)
-        seen = torch.zeros(n, device=device)
         was_training = self.training
         self.eval()
         try:
-            for images, index in ctx.eval_batches():
-                index = index.to(device)
-                feats.index_add_(0, index, self.key(images.to(device)).float())
-                seen.index_add_(0, index, torch.ones(len(index), device=device))
+            feats = dataset_embeddings(ctx.eval_batches(), self.key, ctx.dataset_size,
+                                       self.config.proj_dim, self.queue.features.device, "PCL")
         finally:
             self.train(was_training)
-        all_reduce_sum(feats)
-        all_reduce_sum(seen)
-        if (seen == 0).any():
-            missing = int((seen == 0).sum())
-            raise RuntimeError(f"PCL: {missing} of {n} training images were not embedded; "
-                               "eval_batches() must cover the whole training set")
-        return F.normalize(feats / seen[:, None], dim=1)
+        return F.normalize(feats, dim=1)
 
     @torch.no_grad()
     def cluster(self, features: torch.Tensor, epoch: int) -> None:

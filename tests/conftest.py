@@ -9,8 +9,8 @@ import torch
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
-ALL_METHODS = ["swav", "simclr", "moco", "pcl", "ssl_zoo_methods.barlowtwins:BarlowTwins",
-               "ssl_zoo_methods.vicreg:VICReg"]
+ALL_METHODS = ["swav", "simclr", "moco", "pcl", "barlowtwins", "vicreg", "deepclusterv2",
+               "selav2"]
 """Every method the conformance kit (``ssl_zoo.testing``) checks in tests/test_conformance.py:
 a registered name, or ``package.module:Class`` for one not installed yet. Add yours here."""
 
@@ -35,14 +35,22 @@ CHECK_OPTIONS: dict[str, dict] = {
                                      "num_negative_prototypes": 1},
                           "sizes": [(2, 8)], "steps": 2}},
     # one group per view, as their default (asymmetric) views; small heads for speed
-    "ssl_zoo_methods.barlowtwins:BarlowTwins": {
+    "barlowtwins": {
         "sets": ["method.proj_hidden_dim=64", "method.proj_dim=64", "train.optimizer=lars"],
         "two_ranks": {"config": {"proj_hidden_dim": 16, "proj_dim": 12},
                       "sizes": [(1, 8), (1, 8)], "steps": 2}},
-    "ssl_zoo_methods.vicreg:VICReg": {
+    "vicreg": {
         "sets": ["method.expander_hidden_dim=64", "method.expander_dim=64"],
         "two_ranks": {"config": {"expander_hidden_dim": 16, "expander_dim": 12},
                       "sizes": [(1, 8), (1, 8)], "steps": 3}},
+    "deepclusterv2": {
+        "sets": ["method.num_prototypes=[4,6]"],
+        "two_ranks": {"config": {"num_prototypes": (2, 3), "feat_dim": 8, "hidden_dim": 16},
+                      "sizes": [(2, 8), (2, 4)], "steps": 3}},
+    "selav2": {
+        "sets": ["method.num_prototypes=[4,6]"],
+        "two_ranks": {"config": {"num_prototypes": (2, 3), "feat_dim": 8, "hidden_dim": 16},
+                      "sizes": [(2, 8), (2, 4)], "steps": 3}},
 }
 
 TOY_METHOD = '''

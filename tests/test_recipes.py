@@ -22,7 +22,7 @@ def _processes(path: Path) -> int:
 
 def test_every_method_has_its_recipes():
     names = {(p.parent.name, p.stem) for p in RECIPES}
-    for method in ("swav", "simclr", "moco", "pcl"):
+    for method in ("swav", "simclr", "moco", "pcl", "deepclusterv2", "selav2"):
         assert {(method, "cpu-demo"), (method, "cifar10-r18"), (method, "cifar100-r18")} <= names
         assert any(m == method and s.startswith("imagenet") for m, s in names)
     assert {("swav", "imagenet-bs4096"), ("swav", "imagenet-bs256")} <= names
@@ -39,7 +39,10 @@ def test_recipe_is_valid_and_cites_its_source(path):
                       world_size=_processes(path))
     assert run.config.method == path.parent.name
     if path.stem.startswith("imagenet"):
-        assert run.image_size == 224 and run.view_spec.groups[0].size == 224
+        # DeepCluster-v2's and SeLa-v2's 400-epoch runs crop 160-px global views from 224 px
+        small_crops = path.stem == "imagenet-400ep"
+        assert run.image_size == 224
+        assert run.view_spec.groups[0].size == (160 if small_crops else 224)
         assert run.config.backbone == ("timm:vit_small_patch16_224" if "vit" in path.stem
                                        else "resnet50")
     if path.stem.startswith("cifar"):
@@ -201,3 +204,68 @@ def test_swav_recipes_equal_the_official_scripts(script):
     assert [g.size for g in groups] == [int(s) for s in a["size_crops"]]
     assert [tuple(g.scale) for g in groups] == [
         (float(lo), float(hi)) for lo, hi in zip(a["min_scale_crops"], a["max_scale_crops"])]
+
+
+# --------------------------------------------------------------------------------------------
+# DeepCluster-v2's recipes against the official scripts' command lines
+# --------------------------------------------------------------------------------------------
+# Copies of the arguments main_deepclusterv2.py gets in facebookresearch/swav's scripts/ (the
+# --data_path / --dist_url / --dump_path lines left out), with the script's GPU count.
+# main_deepclusterv2.py: LARC(SGD(momentum 0.9), trust 0.001, clip=False) on every parameter,
+# hidden_mlp 2048 for resnet50, no mixed precision, apex SyncBN in groups of world_size // 8.
+DCV2_OFFICIAL = {
+    "deepclusterv2_800ep_pretrain.sh": (64, "deepclusterv2/imagenet-800ep.yaml", """
+        --nmb_crops 2 6 --size_crops 224 96 --min_scale_crops 0.14 0.05
+        --max_scale_crops 1. 0.14 --crops_for_assign 0 1 --temperature 0.1 --feat_dim 128
+        --nmb_prototypes 3000 3000 3000 --epochs 800 --batch_size 64 --base_lr 4.8
+        --final_lr 0.0048 --freeze_prototypes_niters 300000 --wd 0.000001 --warmup_epochs 10
+        --start_warmup 0.3 --arch resnet50 --sync_bn apex"""),
+    "deepclusterv2_400ep_pretrain.sh": (64, "deepclusterv2/imagenet-400ep.yaml", """
+        --nmb_crops 2 4 --size_crops 160 96 --min_scale_crops 0.08 0.05
+        --max_scale_crops 1. 0.14 --crops_for_assign 0 1 --temperature 0.1 --feat_dim 128
+        --nmb_prototypes 3000 3000 3000 --epochs 400 --batch_size 64 --base_lr 4.8
+        --final_lr 0.0048 --freeze_prototypes_niters 300000 --wd 0.000001 --warmup_epochs 10
+        --start_warmup 0.3 --arch resnet50 --sync_bn apex"""),
+}
+
+
+@pytest.mark.parametrize("script", sorted(DCV2_OFFICIAL))
+def test_deepclusterv2_recipes_equal_the_official_scripts(script):
+    gpus, recipe, text = DCV2_OFFICIAL[script]
+    a = parse_command_line(text)
+    one = {k: v[0] for k, v in a.items()}
+    path = RECIPES[0].parents[1] / recipe
+    assert script in path.read_text() and _processes(path) == gpus
+    run = resolve(load_files([str(path)]), [], open_data=False, world_size=gpus)
+    t, m = run.config.train, run.method_config
+    peak = t.lr_per_256 * t.batch_size * gpus / 256
+    assert t.batch_size == int(one["batch_size"]) and t.epochs == int(one["epochs"])
+    assert peak == pytest.approx(float(one["base_lr"]), rel=1e-12)
+    assert peak * t.final_lr_ratio == pytest.approx(float(one["final_lr"]), rel=1e-12)
+    assert peak * t.warmup_start_lr_ratio == pytest.approx(float(one["start_warmup"]))
+    assert t.warmup_epochs == float(one["warmup_epochs"])
+    assert t.weight_decay == float(one["wd"]) and t.exclude_norm_and_bias is False
+    assert (t.optimizer, t.lars_eta, t.momentum) == ("lars", 0.001, 0.9)
+    assert t.amp == "off" and t.sync_bn and t.sync_bn_group_size == gpus // 8
+    assert run.config.backbone == one["arch"] and m.hidden_dim == 2048
+    # frozen for longer than the run (ImageNet: 1,281,167 images): never trained, as ours
+    assert int(one["freeze_prototypes_niters"]) > 1281167 // (64 * gpus) * t.epochs
+    assert m.temperature == float(one["temperature"]) and m.feat_dim == int(one["feat_dim"])
+    assert list(m.num_prototypes) == [int(k) for k in a["nmb_prototypes"]]
+    assert list(m.crops_for_assign) == [int(c) for c in a["crops_for_assign"]]
+    groups = run.view_spec.groups
+    assert [g.count for g in groups] == [int(n) for n in a["nmb_crops"]]
+    assert [g.size for g in groups] == [int(s) for s in a["size_crops"]]
+    assert [tuple(g.scale) for g in groups] == [
+        (float(lo), float(hi)) for lo, hi in zip(a["min_scale_crops"], a["max_scale_crops"])]
+    assert all((g.brightness, g.hue, g.blur_p) == (0.8, 0.2, 0.5) for g in groups)
+
+
+def test_selav2_imagenet_recipe_is_deepclusterv2s_400_epochs_with_sinkhorn():
+    dc = resolve(load_files(["recipes/deepclusterv2/imagenet-400ep.yaml"]), [],
+                 open_data=False, world_size=64)
+    sela = resolve(load_files(["recipes/selav2/imagenet-400ep.yaml"]), [], open_data=False,
+                   world_size=64)
+    assert sela.config.train == dc.config.train and sela.view_spec == dc.view_spec
+    assert sela.method_config.num_prototypes == dc.method_config.num_prototypes
+    assert (sela.method_config.epsilon, sela.method_config.temperature) == (0.05, 0.1)

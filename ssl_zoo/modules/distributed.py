@@ -89,3 +89,11 @@ def gather_with_grad(t: torch.Tensor) -> torch.Tensor:
     if not is_distributed():
         return t
     return _GatherWithGrad.apply(t)
+
+
+def broadcast_(t: torch.Tensor, src: int = 0) -> torch.Tensor:
+    """Overwrite ``t`` on every rank with rank ``src``'s ``t``, in place (identity in one
+    process); returns ``t``."""
+    if is_distributed():
+        dist.broadcast(t, src)
+    return t
