@@ -25,7 +25,7 @@ from ssl_zoo.data.datasets import ImageDataset
 from ssl_zoo.data.loader import BatchLoader
 from ssl_zoo.data.views import CropGroup, Views, ViewSpec, eval_view
 from ssl_zoo.errors import ConfigError, DataError
-from ssl_zoo.method import Method, MethodConfig, StepOutput
+from ssl_zoo.method import Method, MethodConfig, StepOutput, TrainContext
 
 SHOWN = 3
 """Missing file names a label-list error shows."""
@@ -114,7 +114,7 @@ class Supervised(Method):
             feats = self.backbone(x)
         return self.head(feats)
 
-    def forward(self, views: Views) -> StepOutput:
+    def forward(self, views: Views, ctx: TrainContext | None = None) -> StepOutput:
         y = self.labels[views.index]
         logits = self.logits(views[0]).float()
         loss = F.cross_entropy(logits, y)
