@@ -154,7 +154,7 @@ class SimCLR(Method):
             glob = dataclasses.replace(spec.groups[0], scale=(0.14, 1.0))
             size = config.local_crop_size or max(1, image_size // 2)
             local = dataclasses.replace(glob, count=config.num_local_crops, size=size,
-                                        scale=(0.05, 0.14))
+                                        scale=(0.05, 0.14), role="local")
             spec.groups = [glob, local]
         return spec
 

@@ -25,6 +25,7 @@ from ssl_zoo.backbones import build_backbone, check_input_sizes
 from ssl_zoo.config import (
     RunConfig,
     apply_override,
+    settle_roles,
     validate_run_config,
     validate_view_spec,
     view_spec_from_dict,
@@ -171,7 +172,8 @@ def _data_and_stats(cfg: RunConfig, open_data: bool | None
 def _view_spec(cls: type[Method], method_config: MethodConfig, image_size: int, mean: Any,
                std: Any, given_views: Any, view_sets: list[str]) -> ViewSpec:
     """The method's default view spec with the given ``views`` and the ``views.*`` sets on
-    top, groups of count 0 left out, validated against the image size."""
+    top, groups of count 0 left out, validated against the image size, ``auto`` roles settled
+    (global: the groups of the largest size left)."""
     spec = cls.default_views(method_config, image_size)
     spec.mean, spec.std = tuple(mean), tuple(std)
     spec_data = {"views": to_dict(spec)}
@@ -187,6 +189,7 @@ def _view_spec(cls: type[Method], method_config: MethodConfig, image_size: int, 
     if not spec.groups:
         raise ConfigError("views.groups: every group has count 0; at least one crop is needed")
     validate_view_spec(spec, image_size)
+    settle_roles(spec)
     return spec
 
 

@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from ssl_zoo.data.views.spec import CropGroup, ViewSpec
+from ssl_zoo.data.views.spec import AUTO_ROLE, ROLES, CropGroup, ViewSpec
 from ssl_zoo.errors import ConfigError, suggest
 from ssl_zoo.preemption import DEFAULT_SIGNALS, signal_numbers
 from ssl_zoo.typed import (  # noqa: F401  (to_dict, load_config_file: re-exported)
@@ -270,6 +270,13 @@ def validate_run_config(cfg: RunConfig) -> None:
         raise ConfigError(f"train.stop_signals: {exc}") from None
 
 
+def settle_roles(spec: ViewSpec) -> None:
+    """Replace every ``auto`` role by the one it means (ViewSpec.group_roles), in place, so the
+    effective config (config.json) names each group's role."""
+    for g, role in zip(spec.groups, spec.group_roles()):
+        g.role = role
+
+
 def view_spec_from_dict(data: dict[str, Any]) -> ViewSpec:
     """A ViewSpec from plain data, validated field by field (``views.groups.0.size`` ...)."""
     data = dict(data)
@@ -283,7 +290,7 @@ def view_spec_from_dict(data: dict[str, Any]) -> ViewSpec:
 
 
 def validate_view_spec(spec: ViewSpec, image_size: int) -> None:
-    """Crop sizes and ranges that cannot work, as one-line errors."""
+    """Crop sizes, ranges and roles that cannot work, as one-line errors."""
     for i, g in enumerate(spec.groups):
         where = f"views.groups.{i}"
         if g.count < 1:
@@ -304,5 +311,8 @@ def validate_view_spec(spec: ViewSpec, image_size: int) -> None:
             p = getattr(g, name)
             if not 0 <= p <= 1:
                 raise ConfigError(f"{where}.{name} must be a probability in [0, 1], got {p}")
+        if g.role not in (*ROLES, AUTO_ROLE):
+            raise ConfigError(f"{where}.role: " + suggest(str(g.role), (*ROLES, AUTO_ROLE),
+                                                           "crop role"))
     if any(s <= 0 for s in spec.std):
         raise ConfigError("views.std must be positive")

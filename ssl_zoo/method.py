@@ -93,7 +93,12 @@ class Method(nn.Module):
 
     @classmethod
     def check_views(cls, config: MethodConfig, spec: ViewSpec) -> None:
-        """Raise ConfigError if the method cannot train on ``spec`` (e.g. too few crops)."""
+        """Raise ConfigError if the method cannot train on ``spec`` (e.g. too few crops).
+
+        Roles are settled by then (every group ``global`` or ``local``): a method that needs
+        crops of a role checks them with :func:`ssl_zoo.data.views.require_crops` (DINO: 2
+        global crops for its teacher) and finds them in ``forward`` with
+        ``views.crop_indices("global")``."""
 
     def forward(self, views: Views) -> StepOutput:  # pragma: no cover - abstract
         """One training step's loss from the augmented views (crops in view-spec order)."""

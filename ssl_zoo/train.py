@@ -264,7 +264,8 @@ class Trainer:
             views = make_views(images, self.view_spec, sizes=sizes)
         if self.channels_last:
             views = Views([g.contiguous(memory_format=torch.channels_last)
-                           for g in views.groups], views.counts)
+                           for g in views.groups], views.counts,
+                          roles=views.roles)
         views.index = index.to(self.device, non_blocking=True)
         return views
 

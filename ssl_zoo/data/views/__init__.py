@@ -11,7 +11,8 @@ are drawn balanced over the batch, a fixed number of samples each, chosen at ran
 Where each part lives (import everything from this package):
 
 * :mod:`~ssl_zoo.data.views.spec`: :class:`CropGroup`, :class:`ViewSpec` (what a method asks
-  for) and :class:`Views` (what its ``forward`` gets);
+  for, each group with its role, global or local) and :class:`Views` (what its ``forward``
+  gets), :func:`require_crops` (a method's check that the spec has the crops it needs);
 * :mod:`~ssl_zoo.data.views.params`: the random parameters of a group's crops, named slices
   (:class:`Uniforms`) of one draw per group;
 * operations: :mod:`~ssl_zoo.data.views.boxes` (crop geometry),
@@ -55,16 +56,21 @@ from ssl_zoo.data.views.params import (
     jitter_factors,
 )
 from ssl_zoo.data.views.spec import (
+    AUTO_ROLE,
     CIFAR_MEAN,
     CIFAR_STD,
     IMAGENET_MEAN,
     IMAGENET_STD,
+    ROLES,
     CropGroup,
     Views,
     ViewSpec,
+    require_crops,
+    sized_roles,
 )
 
 __all__ = [
+    "AUTO_ROLE", "ROLES", "require_crops", "sized_roles",
     "BLUR_TRUNCATE_SIGMAS", "CIFAR_MEAN", "CIFAR_STD", "CROP_ATTEMPTS", "EVAL_CROP_FRACTION",
     "GRAY_WEIGHTS", "IMAGENET_MEAN", "IMAGENET_STD", "SOLARIZE_THRESHOLD", "UNIFORMS_PER_CROP",
     "CropGroup", "GroupParams", "Uniforms", "ViewSpec", "Views", "adjust_hue", "augment_group",

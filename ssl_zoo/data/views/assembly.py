@@ -92,7 +92,7 @@ def make_views(images: torch.Tensor, spec: ViewSpec,
     for g in active:
         params = _group_params(g, images, sizes, generator)
         groups.append(normalise_(augment_group(source, batch, g, params), spec.mean, spec.std))
-    return Views(groups, [g.count for g in active])
+    return Views(groups, [g.count for g in active], roles=spec.crop_roles())
 
 
 def skip_view_draws(spec: ViewSpec, batch: int, device: torch.device | str = "cpu",

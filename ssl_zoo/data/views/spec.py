@@ -1,9 +1,17 @@
 """What a method asks the views for, and what it gets back.
 
-:class:`CropGroup` (crops of one size and one augmentation recipe) and :class:`ViewSpec` (the
-groups in order, then the normalisation) are plain dataclasses the run config holds
-(``ssl_zoo.config`` imports only this module); :class:`Views` is the batch of crops a method's
-``forward`` receives (docs/design.md, "The plug-in contract").
+:class:`CropGroup` (crops of one size, one augmentation recipe and one role) and
+:class:`ViewSpec` (the groups in order, then the normalisation) are plain dataclasses the run
+config holds (``ssl_zoo.config`` imports only this module); :class:`Views` is the batch of crops
+a method's ``forward`` receives (docs/design.md, "The plug-in contract").
+
+Roles (docs/design.md, "Data flow"): every group is ``global`` (views of most of the image:
+the crops a teacher sees or whose codes are assigned, SwAV's and DINO's two large crops) or
+``local`` (small crops that only predict). ``auto``, the default of a :class:`CropGroup`,
+means global for the groups of the spec's largest crop size and local for the others; the run
+config settles it (``config.json`` holds ``global`` or ``local``). :meth:`ViewSpec.crop_indices`
+and :meth:`Views.crop_indices` say which crops (indices into the flat list of crops in view-spec
+order, the order of :meth:`Method.encode_views`) have a role.
 """
 
 from __future__ import annotations
@@ -14,14 +22,36 @@ from dataclasses import dataclass, field
 import torch
 
 from ssl_zoo.data.stats import CIFAR10, IMAGENET
+from ssl_zoo.errors import ConfigError
 
 CIFAR_MEAN, CIFAR_STD = CIFAR10
 IMAGENET_MEAN, IMAGENET_STD = IMAGENET
 
+ROLES = ("global", "local")
+"""What a crop is for: global (seen by a teacher / assigned codes), local (predicts only)."""
+AUTO_ROLE = "auto"
+"""A group's role derived from its size: global at the spec's largest crop size, else local."""
+
+
+def sized_roles(sizes: Sequence[int], roles: Sequence[str] | None = None,
+                largest: int | None = None) -> list[str]:
+    """``roles`` with ``auto`` (or every role when ``roles`` is None) settled from ``sizes``:
+    global at ``largest`` (None: the largest of ``sizes``) and above, local below. An unknown
+    role is a ValueError."""
+    roles = [AUTO_ROLE] * len(sizes) if roles is None else list(roles)
+    if len(roles) != len(sizes):
+        raise ValueError(f"{len(roles)} roles for {len(sizes)} crop groups")
+    for r in roles:
+        if r != AUTO_ROLE and r not in ROLES:
+            raise ValueError(f"unknown crop role {r!r} (global, local or auto)")
+    largest = max(sizes, default=0) if largest is None else largest
+    return [("global" if size >= largest else "local") if r == AUTO_ROLE else r
+            for r, size in zip(roles, sizes)]
+
 
 @dataclass
 class CropGroup:
-    """``count`` crops of ``size`` x ``size`` pixels sharing one augmentation recipe."""
+    """``count`` crops of ``size`` x ``size`` pixels sharing one augmentation recipe and role."""
 
     count: int = 2
     """Crops of every image in this group."""
@@ -54,6 +84,10 @@ class CropGroup:
     blur_kernel_frac: float = 0.1
     """Gaussian kernel size as a fraction of the crop size (SimCLR: 10%), made odd; 0: no such
     cap, only the 4-sigma cut (the PIL blur, radius = sigma, of the MoCo v2 and SwAV code)."""
+    role: str = AUTO_ROLE
+    """global (views of most of the image: the crops a teacher sees or whose codes are
+    assigned), local (small crops that only predict), or auto: global when the group has the
+    spec's largest crop size, else local (settled in the run's config.json)."""
 
 
 @dataclass
@@ -68,6 +102,38 @@ class ViewSpec:
     def num_crops(self) -> int:
         return sum(g.count for g in self.groups)
 
+    def group_roles(self) -> list[str]:
+        """Every group's role, ``auto`` settled: global for the groups of the largest crop size
+        among those with crops (count > 0; a group of count 0 compared with it), local for the
+        others. Unknown role: ValueError."""
+        largest = max((g.size for g in self.groups if g.count > 0), default=0)
+        return sized_roles([g.size for g in self.groups], [g.role for g in self.groups], largest)
+
+    def crop_roles(self) -> list[str]:
+        """The role of every crop, in view-spec order (a group's ``count`` crops in a row)."""
+        return [r for g, r in zip(self.groups, self.group_roles()) for _ in range(g.count)]
+
+    def crop_indices(self, role: str = "global") -> list[int]:
+        """Indices of the crops of ``role`` into the flat list of crops in view-spec order
+        (the order of ``Views`` and ``Method.encode_views``): SwAV assigns codes from the
+        global crops, a teacher sees them."""
+        if role not in ROLES:
+            raise ValueError(f"unknown crop role {role!r} (global or local)")
+        return [i for i, r in enumerate(self.crop_roles()) if r == role]
+
+
+def require_crops(spec: ViewSpec, role: str, at_least: int, method: str) -> list[int]:
+    """The indices of ``spec``'s ``role`` crops, or a one-line ConfigError when there are fewer
+    than ``at_least`` (for a method's ``check_views``: DINO's teacher needs 2 global crops)."""
+    found = spec.crop_indices(role)
+    if len(found) < at_least:
+        have = ", ".join(f"{i}: {g.count}x{g.size} {r}" for i, (g, r) in
+                         enumerate(zip(spec.groups, spec.group_roles())))
+        raise ConfigError(f"views: {method} needs at least {at_least} {role} crops, the view "
+                          f"spec has {len(found)} (groups {have}); set "
+                          f"views.groups.N.role={role} or views.groups.N.count")
+    return found
+
 
 class Views(Sequence):
     """The augmented crops of one batch, grouped by resolution.
@@ -75,10 +141,12 @@ class Views(Sequence):
     ``groups[g]`` is one tensor of shape (count_g * B, C, size_g, size_g) holding the ``count_g``
     crops of group g stacked crop-major, so ``views[i]`` (crop i, shape (B, C, h, w)) is a free
     slice. ``index`` holds the dataset indices of the B images (for methods that track samples).
+    ``roles`` holds every crop's role (global / local, see :class:`CropGroup`), in crop order;
+    None: derived from the sizes (the largest crops are global).
     """
 
     def __init__(self, groups: list[torch.Tensor], counts: list[int],
-                 index: torch.Tensor | None = None):
+                 index: torch.Tensor | None = None, roles: Sequence[str] | None = None):
         if len(groups) != len(counts):
             raise ValueError("one count per group")
         self.groups = groups
@@ -88,26 +156,40 @@ class Views(Sequence):
         self._crops: list[torch.Tensor] = []
         for g, c in zip(groups, counts):
             self._crops.extend(g.chunk(c, dim=0))
+        if roles is None:
+            roles = sized_roles([c.shape[-1] for c in self._crops])
+        elif len(roles) != len(self._crops) or not set(roles) <= set(ROLES):
+            raise ValueError(f"expected one role (global or local) per crop for "
+                             f"{len(self._crops)} crops, got {list(roles)}")
+        self.roles = list(roles)
 
     @classmethod
-    def from_crops(cls, crops: list[torch.Tensor], index: torch.Tensor | None = None) -> Views:
-        """Group a flat list of crops by consecutive equal resolution."""
+    def from_crops(cls, crops: list[torch.Tensor], index: torch.Tensor | None = None,
+                   roles: Sequence[str] | None = None) -> Views:
+        """Group a flat list of crops by consecutive equal resolution; ``roles`` one per crop
+        (None: the largest crops are global)."""
         groups: list[list[torch.Tensor]] = []
         for c in crops:
             if groups and groups[-1][0].shape[-2:] == c.shape[-2:]:
                 groups[-1].append(c)
             else:
                 groups.append([c])
-        return cls([torch.cat(g) for g in groups], [len(g) for g in groups], index)
+        return cls([torch.cat(g) for g in groups], [len(g) for g in groups], index, roles)
+
+    def crop_indices(self, role: str = "global") -> list[int]:
+        """Indices of the crops of ``role`` (global, local), as :meth:`ViewSpec.crop_indices`."""
+        if role not in ROLES:
+            raise ValueError(f"unknown crop role {role!r} (global or local)")
+        return [i for i, r in enumerate(self.roles) if r == role]
 
     def to(self, device: torch.device, non_blocking: bool = False) -> Views:
         """The same crops (and index) on ``device``."""
         index = None if self.index is None else self.index.to(device, non_blocking=non_blocking)
         return Views([g.to(device, non_blocking=non_blocking) for g in self.groups],
-                     self.counts, index)
+                     self.counts, index, self.roles)
 
     def __reduce__(self):  # sent between processes as its groups (the crops are slices)
-        return Views, (self.groups, self.counts, self.index)
+        return Views, (self.groups, self.counts, self.index, self.roles)
 
     def __len__(self) -> int:
         return len(self._crops)
