@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssl_zoo.data.views import CropGroup, Views, ViewSpec
+from ssl_zoo.data.views import CropGroup, Views, ViewSpec, require_crops
 from ssl_zoo.data.views.spec import IMAGENET_MEAN, IMAGENET_STD
 from ssl_zoo.errors import ConfigError
 from ssl_zoo.method import Method, MethodConfig, StepOutput, TrainContext
@@ -43,7 +43,7 @@ from ssl_zoo.modules.distributed import all_reduce_sum, get_world_size
 from ssl_zoo.modules.heads import WeightNormLinear, mlp_head
 from ssl_zoo.modules.momentum import MOMENTUM_SCHEDULES, ema_update_, momentum_at, momentum_copy
 
-NUM_GLOBAL_CROPS = 2  # the teacher's crops: the first two of the view spec (DINO Sec. 3.1)
+MIN_GLOBAL_CROPS = 2  # the teacher's crops: the spec's global ones (DINO Sec. 3.1: two)
 
 
 # --------------------------------------------------------------------------------------------
@@ -183,15 +183,15 @@ def dino_views(image_size: int, n_local: int, local_size: int,
     0.2, 0.1) with p=0.8, grayscale p=0.2 on every crop; global crop 1 always blurred, global
     crop 2 blurred with p=0.1 and solarised with p=0.2, local crops blurred with p=0.5 (sigma
     0.1-2, the PIL blur: no kernel cap); ``blur=False`` turns every blur off."""
-    def crops(count, size, scale, blur_p, solarize_p=0.0):
+    def crops(count, size, scale, blur_p, role, solarize_p=0.0):
         return CropGroup(count=count, size=size, scale=tuple(scale), brightness=0.4,
                          contrast=0.4, saturation=0.2, hue=0.1, jitter_p=0.8, grayscale_p=0.2,
                          blur_p=blur_p if blur else 0.0, blur_kernel_frac=0.0,
-                         solarize_p=solarize_p)
+                         solarize_p=solarize_p, role=role)
 
-    groups = [crops(1, image_size, global_scale, 1.0), crops(1, image_size, global_scale, 0.1,
-                                                             solarize_p=0.2)]
-    groups.append(crops(n_local, local_size, local_scale, 0.5))
+    groups = [crops(1, image_size, global_scale, 1.0, "global"),
+              crops(1, image_size, global_scale, 0.1, "global", solarize_p=0.2),
+              crops(n_local, local_size, local_scale, 0.5, "local")]
     return ViewSpec(groups=groups)
 
 
@@ -243,38 +243,33 @@ class DINO(Method):
 
     @classmethod
     def check_views(cls, config: DINOConfig, spec: ViewSpec) -> None:
-        """The teacher's two global crops must be the first two crops of the spec."""
-        sizes = [g.size for g in spec.groups for _ in range(g.count)]  # one per crop
-        if len(sizes) < NUM_GLOBAL_CROPS:
-            raise ConfigError(f"{cls.name} needs at least {NUM_GLOBAL_CROPS} crops per image "
-                              f"(the teacher's global crops first), the view spec has "
-                              f"{len(sizes)}")
-        if min(sizes[:NUM_GLOBAL_CROPS]) < max(sizes):
-            raise ConfigError(f"{cls.name}: the first {NUM_GLOBAL_CROPS} crops go to the "
-                              f"teacher and must be the largest; the crop sizes in order are "
-                              f"{sizes}")
+        """The teacher needs at least two global crops (the view spec's roles)."""
+        require_crops(spec, "global", MIN_GLOBAL_CROPS, cls.name)
 
     # --- pieces ---------------------------------------------------------------------------
-    def teacher_scores(self, views: Views) -> torch.Tensor:
-        """(T, B, K) teacher scores of the global crops, without gradient."""
+    def teacher_scores(self, views: Views, crops: list[int]) -> torch.Tensor:
+        """(T, B, K) teacher scores of the crops ``crops`` (the global ones), no gradient;
+        one teacher pass per resolution."""
         with torch.no_grad():
-            crops = Views.from_crops([views[i] for i in range(NUM_GLOBAL_CROPS)])
-            feats = torch.cat(self.encode_views(crops, self.teacher_backbone))
-            return self.teacher_head(feats).chunk(NUM_GLOBAL_CROPS)
+            chosen = Views.from_crops([views[i] for i in crops])
+            feats = torch.cat(self.encode_views(chosen, self.teacher_backbone))
+            return torch.stack(self.teacher_head(feats).chunk(len(crops)))
 
     # --- the step -------------------------------------------------------------------------
     def forward(self, views: Views, ctx: TrainContext | None = None) -> StepOutput:
         ctx = self._ctx if ctx is None else ctx
         c = self.config
-        if len(views) < NUM_GLOBAL_CROPS:
-            raise ConfigError(f"{self.name} needs at least {NUM_GLOBAL_CROPS} crops per image, "
-                              f"got {len(views)}")
-        teacher = torch.stack(self.teacher_scores(views))  # (T, B, K)
+        crops = views.crop_indices("global")  # host list: no device work
+        if len(crops) < MIN_GLOBAL_CROPS:
+            raise ConfigError(f"{self.name} needs at least {MIN_GLOBAL_CROPS} global crops per "
+                              f"image (the teacher's), got roles {views.roles}")
+        teacher = self.teacher_scores(views, crops)  # (T, B, K)
         feats = self.encode_views(views)  # one backbone pass per resolution group
         student = torch.stack(self.head(torch.cat(feats)).chunk(len(feats)))  # (S, B, K)
         temp = teacher_temp_at(ctx.epoch, c.warmup_teacher_temp_epochs, c.warmup_teacher_temp,
                                c.teacher_temp)
-        loss = dino_loss(student, teacher, self.center, c.student_temp, temp)
+        loss = dino_loss(student, teacher, self.center, c.student_temp, temp,
+                         teacher_crops=tuple(crops))
         with torch.no_grad():  # the centre moves after the step: the mean over all ranks
             t = teacher.float()
             batch_center = all_reduce_sum(t.sum(dim=(0, 1)))

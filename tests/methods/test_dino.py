@@ -158,13 +158,14 @@ def test_config_and_views_validation():
     big = DINO.default_views(DINOConfig(), 224)
     assert [(g.count, g.size, g.blur_p) for g in big.groups] == [(1, 224, 1.0), (1, 224, 0.1),
                                                                 (8, 96, 0.5)]
+    assert spec.crop_indices("global") == [0, 1] and spec.crop_indices("local") == [2, 3, 4, 5,
+                                                                                 6, 7]
     DINO.check_views(DINOConfig(), spec)
-    spec.groups = spec.groups[2:] + spec.groups[:2]  # local crops first: the teacher's place
-    with pytest.raises(ConfigError, match="must be the largest"):
-        DINO.check_views(DINOConfig(), spec)
-    spec.groups = spec.groups[:1]
-    spec.groups[0].count = 1
-    with pytest.raises(ConfigError, match="at least 2 crops"):
+    spec.groups = spec.groups[2:] + spec.groups[:2]  # local crops first: roles still say which
+    DINO.check_views(DINOConfig(), spec)
+    assert spec.crop_indices("global") == [6, 7]
+    spec.groups[2].role = "local"
+    with pytest.raises(ConfigError, match="at least 2 global crops"):
         DINO.check_views(DINOConfig(), spec)
 
 
@@ -198,6 +199,23 @@ def test_forward_is_the_loss_of_student_all_crops_against_teacher_global_crops()
     expected = loop_dino_loss(student, teacher, torch.zeros(32), 0.1, 0.04)
     assert float(out.loss) == pytest.approx(expected, rel=1e-4)
     assert out.metrics["teacher_temp"] == 0.04 and "teacher_entropy" in out.metrics
+
+
+def test_the_teacher_sees_the_global_crops_wherever_they_are():
+    m = _method()
+    v = _views()
+    local_first = Views.from_crops([v[2], v[3], v[0], v[1]],
+                                   roles=["local", "local", "global", "global"])
+    seen = []
+    hook = m.teacher_backbone.register_forward_hook(lambda mod, i, o: seen.append(i[0]))
+    with torch.no_grad():
+        out = m(local_first)
+        expected = m(v).loss  # the same crops in the default order: the same pairs
+    hook.remove()
+    assert torch.equal(seen[0], torch.cat([v[0], v[1]]))
+    torch.testing.assert_close(out.loss, expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ConfigError, match="at least 2 global crops"):
+        m(Views.from_crops([v[0], v[1]], roles=["global", "local"]))
 
 
 def test_centre_and_teacher_move_after_the_step_unless_it_was_skipped():
@@ -284,5 +302,5 @@ def test_steps_run_reach_every_parameter_and_resume_exactly():
 def test_wrong_number_of_crops():
     m = _method()
     x = torch.randn(4, 3, 16, 16)
-    with pytest.raises(ConfigError, match="at least 2 crops"):
+    with pytest.raises(ConfigError, match="at least 2 global crops"):
         m(Views.from_crops([x]))
