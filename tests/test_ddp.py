@@ -34,11 +34,27 @@ def build_pcl():
                                         num_negative_prototypes=1))
 
 
+def build_dino():
+    from ssl_zoo_methods.dino import DINO, DINOConfig
+
+    return DINO(TinyNet(), 24, DINOConfig(out_dim=16, hidden_dim=16, bottleneck_dim=8))
+
+
+def build_byol():
+    from ssl_zoo_methods.byol import BYOL, BYOLConfig
+
+    return BYOL(TinyNet(), 24, BYOLConfig(proj_hidden_dim=16, proj_dim=8, pred_hidden_dim=16))
+
+
 CASES = {
     "swav": (build_swav, [(2, 8), (2, 4)], 4),
     "simclr": (build_simclr, [(2, 8)], 2),
     "moco": (build_moco, [(2, 8)], 3),
     "pcl": (build_pcl, [(2, 8)], 2),
+    # two global crops (one group each, as the default views) and two local ones; the centre
+    # is all-reduced, the last layer frozen at step 0 (the harness's epoch 0)
+    "dino": (build_dino, [(1, 8), (1, 8), (2, 4)], 3),
+    "byol": (build_byol, [(1, 8), (1, 8)], 3),
 }
 
 

@@ -9,6 +9,8 @@ machine the same steps also run under ``torch.cuda.set_sync_debug_mode("error")`
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -60,6 +62,7 @@ class SyncCounter(TorchDispatchMode):
         return func(*args, **kwargs)
 
 
+METHODS = Path(__file__).resolve().parents[1] / "methods"
 BASE = ["dataset=demo", "backbone=convnet", "train.batch_size=64", "train.epochs=1",
         "train.log_every_iters=1000", "eval.enabled=false", "train.max_steps=8"]
 CASES = {
@@ -74,6 +77,15 @@ CASES = {
     "pcl": ["method=pcl", "method.queue_length=256", "method.warmup_epochs=0",
             "method.num_clusters=[10,20]", "method.kmeans_iters=3", "method.kmeans_redo=1",
             "train.optimizer=adamw"],
+    # teacher on the 2 global crops, 2 local ones; the last layer frozen (epoch 0), the
+    # teacher temperature warming up, the trainer's gradient clipping and weight-decay cosine
+    "dino": [f"method={METHODS / 'dino.py'}:DINO", "method.out_dim=256", "method.hidden_dim=64",
+             "method.bottleneck_dim=32", "method.warmup_teacher_temp_epochs=3",
+             "method.teacher_temp=0.07", "views.groups.2.count=2", "train.optimizer=adamw",
+             "train.clip_grad_norm=3.0", "train.weight_decay=0.04",
+             "train.weight_decay_end=0.4"],
+    "byol": [f"method={METHODS / 'byol.py'}:BYOL", "method.proj_hidden_dim=64",
+             "method.pred_hidden_dim=64", "method.proj_dim=32", "train.optimizer=lars"],
 }
 
 
