@@ -106,17 +106,15 @@ class Method(nn.Module):
 
     # --- shared helpers -----------------------------------------------------------------------
     def encode_views(self, views: Views, encoder: nn.Module | None = None) -> list[torch.Tensor]:
-        """Backbone features of every crop, one forward per resolution group (docs/design.md,
-        "Data flow").
+        """Backbone features of every crop, one forward per crop size (docs/design.md, "Data
+        flow"): the crops of one size share one batch whatever their group, recipe and role,
+        so batch norm normalises them together (as the official BYOL and SimCLR code, which
+        concatenate their views).
 
         Returns a list with one (B, D) tensor per crop, in view-spec order.
         """
         encoder = self.backbone if encoder is None else encoder
-        out: list[torch.Tensor] = []
-        for group, count in zip(views.groups, views.counts):
-            feats = encoder(group)
-            out.extend(feats.chunk(count, dim=0))
-        return out
+        return views.features_in_crop_order([encoder(group) for group in views.groups])
 
     @torch.no_grad()
     def cluster_assignments(self, images: torch.Tensor) -> torch.Tensor | None:

@@ -265,7 +265,7 @@ class Trainer:
         if self.channels_last:
             views = Views([g.contiguous(memory_format=torch.channels_last)
                            for g in views.groups], views.counts,
-                          roles=views.roles)
+                          roles=views.roles, slots=views.slots)
         views.index = index.to(self.device, non_blocking=True)
         return views
 

@@ -15,21 +15,28 @@ import torch
 from ssl_zoo.data.views.params import GroupParams
 
 
-def roi_resize(source: torch.Tensor, owner: torch.Tensor, boxes: torch.Tensor, size: int
-               ) -> torch.Tensor:
-    """(n, C, size, size): box ``boxes[i]`` (top, left, h, w) of image ``owner[i]`` of
-    ``source`` (N, C, H, W), bilinear with averaging when shrinking; ``owner`` (n,) float."""
+def _rois(owner: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """``roi_align`` boxes (n, 5): owner, x1, y1, x2, y2 from (top, left, h, w) boxes."""
+    top, left, h, w = boxes.unbind(1)
+    return torch.stack([owner, left, top, left + w, top + h], dim=1)
+
+
+def _resize_rois(source: torch.Tensor, rois: torch.Tensor, size: int) -> torch.Tensor:
     from torchvision.ops import roi_align  # torchvision loads only when crops are made
 
-    top, left, h, w = boxes.unbind(1)
-    rois = torch.stack([owner, left, top, left + w, top + h], dim=1)
     return roi_align(source, rois, output_size=(size, size), spatial_scale=1.0,
                      sampling_ratio=-1, aligned=True)
 
 
-def crop_resize(source: torch.Tensor, batch: int, params: GroupParams, size: int
-                ) -> torch.Tensor:
-    """Crops of ``source`` = [images; mirrored images] (2B, C, H, W) resized to ``size``."""
+def roi_resize(source: torch.Tensor, owner: torch.Tensor, boxes: torch.Tensor, size: int
+               ) -> torch.Tensor:
+    """(n, C, size, size): box ``boxes[i]`` (top, left, h, w) of image ``owner[i]`` of
+    ``source`` (N, C, H, W), bilinear with averaging when shrinking; ``owner`` (n,) float."""
+    return _resize_rois(source, _rois(owner, boxes), size)
+
+
+def _crop_rois(source: torch.Tensor, batch: int, params: GroupParams) -> torch.Tensor:
+    """The ``roi_align`` boxes of a group's crops in ``source`` = [images; mirrored images]."""
     width = source.shape[-1]
     n = params.boxes.shape[0]
     top, left, h, w = params.boxes.to(source.dtype).unbind(1)
@@ -37,4 +44,20 @@ def crop_resize(source: torch.Tensor, batch: int, params: GroupParams, size: int
     # a crop of the mirrored image at the mirrored place is the mirrored crop
     left = torch.where(params.flip, width - left - w, left)
     owner = owner + params.flip.to(source.dtype) * batch
-    return roi_resize(source, owner, torch.stack([top, left, h, w], dim=1), size)
+    return _rois(owner, torch.stack([top, left, h, w], dim=1))
+
+
+def crop_resize(source: torch.Tensor, batch: int, params: GroupParams, size: int
+                ) -> torch.Tensor:
+    """Crops of ``source`` = [images; mirrored images] (2B, C, H, W) resized to ``size``."""
+    return _resize_rois(source, _crop_rois(source, batch, params), size)
+
+
+def crop_resize_groups(source: torch.Tensor, batch: int, params: list[GroupParams], size: int
+                       ) -> torch.Tensor:
+    """The crops of several groups of one ``size``, group after group in one tensor, cut and
+    resized in one ``roi_align`` call (each crop as :func:`crop_resize` makes it)."""
+    if len(params) == 1:
+        return crop_resize(source, batch, params[0], size)
+    rois = torch.cat([_crop_rois(source, batch, p) for p in params])
+    return _resize_rois(source, rois, size)

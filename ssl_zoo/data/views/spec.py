@@ -138,24 +138,32 @@ def require_crops(spec: ViewSpec, role: str, at_least: int, method: str) -> list
 class Views(Sequence):
     """The augmented crops of one batch, grouped by resolution.
 
-    ``groups[g]`` is one tensor of shape (count_g * B, C, size_g, size_g) holding the ``count_g``
-    crops of group g stacked crop-major, so ``views[i]`` (crop i, shape (B, C, h, w)) is a free
-    slice. ``index`` holds the dataset indices of the B images (for methods that track samples).
+    ``groups[g]`` is one tensor of shape (count_g * B, C, size_g, size_g) holding ``count_g``
+    crops of one size stacked crop-major: all the crops of that size, whatever their group,
+    recipe and role, so a method encodes them in one backbone pass (``Method.encode_views``).
+    ``views[i]`` (crop i in view-spec order, shape (B, C, h, w)) is a free slice: ``slots[i]``
+    is its position among the crops of all ``groups`` in turn (None: in that order already).
+    ``index`` holds the dataset indices of the B images (for methods that track samples).
     ``roles`` holds every crop's role (global / local, see :class:`CropGroup`), in crop order;
     None: derived from the sizes (the largest crops are global).
     """
 
     def __init__(self, groups: list[torch.Tensor], counts: list[int],
-                 index: torch.Tensor | None = None, roles: Sequence[str] | None = None):
+                 index: torch.Tensor | None = None, roles: Sequence[str] | None = None,
+                 slots: Sequence[int] | None = None):
         if len(groups) != len(counts):
             raise ValueError("one count per group")
         self.groups = groups
         self.counts = list(counts)
         self.batch_size = groups[0].shape[0] // counts[0]
         self.index = index
-        self._crops: list[torch.Tensor] = []
-        for g, c in zip(groups, counts):
-            self._crops.extend(g.chunk(c, dim=0))
+        stacked = [c for g, n in zip(groups, counts) for c in g.chunk(n, dim=0)]
+        if slots is None:
+            slots = range(len(stacked))
+        elif sorted(slots) != list(range(len(stacked))):
+            raise ValueError(f"slots must order the {len(stacked)} crops, got {list(slots)}")
+        self.slots = list(slots)
+        self._crops: list[torch.Tensor] = [stacked[s] for s in self.slots]
         if roles is None:
             roles = sized_roles([c.shape[-1] for c in self._crops])
         elif len(roles) != len(self._crops) or not set(roles) <= set(ROLES):
@@ -166,15 +174,24 @@ class Views(Sequence):
     @classmethod
     def from_crops(cls, crops: list[torch.Tensor], index: torch.Tensor | None = None,
                    roles: Sequence[str] | None = None) -> Views:
-        """Group a flat list of crops by consecutive equal resolution; ``roles`` one per crop
-        (None: the largest crops are global)."""
-        groups: list[list[torch.Tensor]] = []
-        for c in crops:
-            if groups and groups[-1][0].shape[-2:] == c.shape[-2:]:
-                groups[-1].append(c)
-            else:
-                groups.append([c])
-        return cls([torch.cat(g) for g in groups], [len(g) for g in groups], index, roles)
+        """Group a flat list of crops by resolution (one tensor per size, in order of first
+        appearance; ``views[i]`` stays ``crops[i]``); ``roles`` one per crop (None: the largest
+        crops are global)."""
+        by_size: dict[tuple[int, ...], list[int]] = {}
+        for i, c in enumerate(crops):
+            by_size.setdefault(tuple(c.shape[-2:]), []).append(i)
+        order = [i for members in by_size.values() for i in members]
+        slots = [0] * len(crops)
+        for position, i in enumerate(order):
+            slots[i] = position
+        return cls([torch.cat([crops[i] for i in members]) for members in by_size.values()],
+                   [len(members) for members in by_size.values()], index, roles, slots)
+
+    def features_in_crop_order(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """One (B, ...) tensor per crop in view-spec order, from one output per tensor of
+        ``groups`` (e.g. the backbone's features of each, first dimension count * B)."""
+        stacked = [c for f, n in zip(features, self.counts) for c in f.chunk(n, dim=0)]
+        return [stacked[s] for s in self.slots]
 
     def crop_indices(self, role: str = "global") -> list[int]:
         """Indices of the crops of ``role`` (global, local), as :meth:`ViewSpec.crop_indices`."""
@@ -186,10 +203,10 @@ class Views(Sequence):
         """The same crops (and index) on ``device``."""
         index = None if self.index is None else self.index.to(device, non_blocking=non_blocking)
         return Views([g.to(device, non_blocking=non_blocking) for g in self.groups],
-                     self.counts, index, self.roles)
+                     self.counts, index, self.roles, self.slots)
 
     def __reduce__(self):  # sent between processes as its groups (the crops are slices)
-        return Views, (self.groups, self.counts, self.index, self.roles)
+        return Views, (self.groups, self.counts, self.index, self.roles, self.slots)
 
     def __len__(self) -> int:
         return len(self._crops)
