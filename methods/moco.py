@@ -218,7 +218,7 @@ class MoCo(Method):
             top1 = torch.stack([(lg.argmax(1) == 0).float().mean() for lg in logits]).mean()
         return StepOutput(loss, {"instance_top1": top1}), queries
 
-    def forward(self, views: Views) -> StepOutput:
+    def forward(self, views: Views, ctx: TrainContext | None = None) -> StepOutput:
         return self.instance_step(views)[0]
 
     # --- hooks ------------------------------------------------------------------------------

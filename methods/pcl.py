@@ -296,7 +296,7 @@ class PCL(MoCo):
         self.cluster(self.momentum_features(ctx), ctx.epoch)
 
     # --- the step ---------------------------------------------------------------------------
-    def forward(self, views: Views) -> StepOutput:
+    def forward(self, views: Views, ctx: TrainContext | None = None) -> StepOutput:
         out, queries = self.instance_step(views)
         if not self.clustered:
             return out

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from ssl_zoo.data.views import Views, ViewSpec, two_crops
 from ssl_zoo.errors import ConfigError
-from ssl_zoo.method import Method, MethodConfig, StepOutput
+from ssl_zoo.method import Method, MethodConfig, StepOutput, TrainContext
 from ssl_zoo.modules.distributed import gather_with_grad, get_rank
 from ssl_zoo.modules.heads import mlp_head
 
@@ -165,7 +165,7 @@ class SimCLR(Method):
             raise ConfigError("SimCLR needs 2 global crops first in the view spec (one group of "
                               f"count >= 2), got counts {[g.count for g in spec.groups]}")
 
-    def forward(self, views: Views) -> StepOutput:
+    def forward(self, views: Views, ctx: TrainContext | None = None) -> StepOutput:
         if len(views) < 2:
             raise ConfigError(f"SimCLR needs at least 2 crops per image, got {len(views)}")
         feats = self.encode_views(views)

@@ -323,10 +323,6 @@ class SwAV(Method):
             if c.queue_length > 0 else [])
         # where the run is, as host ints saved in the state_dict: a step never reads the device
         host_counters(self, iteration=0, epoch=0)
-        # forward's one view of the trainer: ``log_step`` (metrics that cost time are computed
-        # on log steps only). The trainer's context, kept in on_train_start (the trainer updates
-        # it in place every step, see Method.on_train_start); outside a trainer, always a log step.
-        self._ctx = TrainContext()
         self._pending: list[torch.Tensor] = []  # this step's embeddings, for the queue
         self.monitor = CollapseMonitor(
             c.num_prototypes, c.collapse_patience_iters, method="SwAV",
@@ -410,7 +406,9 @@ class SwAV(Method):
         return codes, (all_codes[:-b] if valid is not None else None)
 
     # --- the step -------------------------------------------------------------------------------
-    def forward(self, views: Views) -> StepOutput:
+    def forward(self, views: Views, ctx: TrainContext | None = None) -> StepOutput:
+        """Swapped prediction over all crops (Sec. 3.1); the collapse indicators (metrics that
+        cost time) only on log steps (``ctx.log_step``; outside a trainer, always)."""
         c = self.config
         n_crops = len(views)
         problem = crops_for_assign_problem(c.crops_for_assign, n_crops)
@@ -437,7 +435,7 @@ class SwAV(Method):
         loss = swapped_prediction_loss(scores_per_crop, codes, c.crops_for_assign,
                                        c.temperature)
         metrics: dict[str, Any] = {"ln_k": math.log(c.num_prototypes)}
-        if self._ctx.log_step:
+        if ctx is None or ctx.log_step:
             metrics.update(self.monitor.metrics(
                 loss, codes, queue_codes=[q for q in queue_codes if q is not None]
                 if use_queues else None))
@@ -457,9 +455,7 @@ class SwAV(Method):
 
     # --- hooks ------------------------------------------------------------------------------------
     def on_train_start(self, ctx: TrainContext) -> None:
-        """Keep the trainer's context (``ctx.log_step`` says when metrics are wanted); the
-        collapse monitor counts from here."""
-        self._ctx = ctx
+        """The collapse monitor counts from here."""
         self.monitor.start(ctx.step)
 
     def on_epoch_start(self, ctx: TrainContext) -> None:
@@ -487,4 +483,4 @@ class SwAV(Method):
     def on_log(self, ctx: TrainContext, metrics: dict[str, float]) -> None:
         """Warn once if SwAV looks collapsed for ``collapse_patience_iters`` iterations, judged
         from the logged values (:class:`~ssl_zoo.modules.collapse.CollapseMonitor`)."""
-        self.monitor.observe(ctx.step, metrics)
+        self.monitor.observe(ctx.step + 1, metrics)  # iterations done after the logged one

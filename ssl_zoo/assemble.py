@@ -121,7 +121,27 @@ def resolve(base: dict[str, Any] | None = None, sets: list[str] | tuple[str, ...
     cfg.image_size = image_size
     cfg.method_config = to_dict(method_config)
     cfg.views = to_dict(spec)
-    return Run(cfg, cls, method_config, spec, image_size, splits)
+    run = Run(cfg, cls, method_config, spec, image_size, splits)
+    _check_eval_network(run)
+    return run
+
+
+def _check_eval_network(run: Run) -> None:
+    """``eval.network`` names one of the method's :meth:`~ssl_zoo.method.Method.eval_networks`
+    (a one-line error listing them, before any work). The names come from the method built on
+    PyTorch's meta device (no memory, no initialisation); a method that cannot be built there
+    is checked when the trainer builds it."""
+    name = run.config.eval.network
+    if not name or name == run.method_cls.default_eval_network:
+        return
+    try:
+        with torch.device("meta"):
+            method = run.build_method()
+    except UserError:
+        raise
+    except Exception:  # noqa: BLE001 - checked again on the real method (Trainer, eval, export)
+        return
+    method.eval_network(name)
 
 
 def _typed_configs(base: dict[str, Any] | None, sets: list[str] | tuple[str, ...],
@@ -274,12 +294,14 @@ def resume(run_dir: str | Path, sets: list[str] | tuple[str, ...] = (),
     return run
 
 
-def from_checkpoint(state: dict[str, Any], sets: list[str] | tuple[str, ...] = ()) -> Run:
-    """The run a training checkpoint was written by (``sets`` may point it at other data)."""
+def from_checkpoint(state: dict[str, Any], sets: list[str] | tuple[str, ...] = (), *,
+                    open_data: bool | None = True) -> Run:
+    """The run a training checkpoint was written by (``sets`` may point it at other data, or
+    choose another ``eval.network``)."""
     if not isinstance(state, dict) or "config" not in state or "model" not in state:
         raise UserError("not an ssl-zoo training checkpoint")
     saved = json.loads(state["config"])
-    return resolve(saved, sets)
+    return resolve(saved, sets, open_data=open_data)
 
 
 def for_weights(sets: list[str] | tuple[str, ...] = ()) -> tuple[RunConfig, DataSplits, ViewSpec]:

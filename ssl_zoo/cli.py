@@ -109,9 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("list", help="registered methods, backbones and dataset sources")
 
-    ex = sub.add_parser("export", help="write the backbone weights with torchvision key names")
+    ex = sub.add_parser("export", help="write the evaluated network's weights (the backbone, or "
+                                       "the method's teacher) with torchvision key names")
     ex.add_argument("run_dir")
     ex.add_argument("--out", required=True, help="output .pt file")
+    ex.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="eval.network=NAME: another of the method's networks")
 
     pr = sub.add_parser("prepare", help="decode an image folder once into a memory-mapped "
                                         "store (train from it with --dataset prepared:DIR)")
@@ -380,7 +383,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    path = export_backbone(args.run_dir, args.out)
+    def network(state: dict) -> tuple[str, dict]:
+        """The run's evaluated network (``eval.network``), its weights from the checkpoint."""
+        run = assemble.from_checkpoint(state, args.set, open_data=False)
+        method = run.build_method()
+        method.load_state_dict(state["model"])
+        name = run.config.eval.network or method.default_eval_network
+        return name, method.eval_network(name).state_dict()
+
+    path = export_backbone(args.run_dir, args.out, network)
     _console().print(f"wrote {path} (and {path}.json with the architecture)")
     return 0
 

@@ -147,6 +147,10 @@ class EvalConfig:
     """Also evaluate the same backbone at random initialisation (once per backbone/data)."""
     batch_size: int = 256
     """Images per forward pass when extracting features."""
+    network: str = ""
+    """Which of the method's networks is evaluated (periodic kNN, final evaluation, ``eval``)
+    and exported: a key of ``Method.eval_networks()`` (``backbone``; DINO and BYOL also
+    ``teacher`` / ``target``); "" = the method's ``default_eval_network``."""
 
 
 @dataclass

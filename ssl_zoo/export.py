@@ -1,9 +1,12 @@
-"""Export a run's backbone with plain torchvision (or timm) key names, and load it back."""
+"""Export a run's evaluated network (the backbone, or the method's ``eval.network``) with plain
+torchvision (or timm) key names, and load it back."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -26,29 +29,42 @@ def backbone_state_dict(model_state: dict[str, torch.Tensor]) -> dict[str, torch
     return out
 
 
-def export_backbone(run_dir: str | Path, out: str | Path) -> Path:
-    """Write the backbone state_dict of ``run_dir``'s newest checkpoint to ``out``.
+def export_backbone(run_dir: str | Path, out: str | Path,
+                    network: Callable[[dict[str, Any]], tuple[str, dict[str, torch.Tensor]]]
+                    | None = None) -> Path:
+    """Write the evaluated network's state_dict of ``run_dir``'s newest checkpoint to ``out``.
 
     ``out`` holds only tensors under torchvision's names (no heads, no ``fc``): load it with
     ``m = torchvision.models.resnet50(); m.fc = nn.Identity(); m.load_state_dict(sd)`` (strict);
     a ``timm:NAME`` backbone's under timm's, for ``timm.create_model(NAME, num_classes=0,
     **backbone_args)``. ``out.json`` records the architecture (and that recipe) so
     :func:`load_backbone` can rebuild the module.
+
+    ``network(checkpoint)`` gives (name, state_dict) of the network to export (the method's
+    ``eval.network``, rebuilt from the checkpoint by the caller: see ``ssl-zoo export``);
+    without it, the backbone's entries of the checkpoint.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"run directory not found: {run_dir}")
     state, _ = load_latest_checkpoint(run_dir)
     cfg = json.loads(state["config"])
-    sd = backbone_state_dict(state["model"])
+    name, sd = network(state) if network is not None else ("backbone", None)
+    backbone_keys = set(backbone_state_dict(state["model"]))
+    if sd is None:
+        sd = backbone_state_dict(state["model"])
     if not sd:
         raise UserError(f"{run_dir}: the checkpoint has no backbone weights")
+    if set(sd) != backbone_keys:
+        raise UserError(f"{run_dir}: network {name!r} of {cfg['method']} does not have the "
+                        "backbone's architecture (other state_dict keys), so it cannot be "
+                        "exported as one; choose another with --set eval.network=NAME")
     out = Path(out)
     atomic_torch_save(sd, out)
     meta = {"backbone": cfg["backbone"], "backbone_stem": cfg.get("backbone_stem", "auto"),
             "backbone_args": cfg.get("backbone_args") or {},
             "image_size": _image_size(cfg, run_dir), "method": cfg["method"],
-            "step": int(state["step"]), "source_run": str(run_dir)}
+            "network": name, "step": int(state["step"]), "source_run": str(run_dir)}
     if meta["backbone"].startswith("timm:"):  # how to get the same module from timm alone
         info = backbone_arch_info(meta["backbone"], image_size=meta["image_size"],
                                   args=meta["backbone_args"])

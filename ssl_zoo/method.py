@@ -3,6 +3,17 @@
 A method is an ``nn.Module`` subclass of :class:`Method`. It owns its heads, prototypes, queues and
 momentum encoders, computes one step's loss from a list of augmented views, and may react to a few
 trainer events through hooks. It never sees the optimiser, the data loader or the training loop.
+
+What the trainer relies on (docs/design.md, "The plug-in contract"):
+
+- ``forward(views, ctx)`` returns a :class:`StepOutput` whose ``loss`` is a 0-d tensor and whose
+  metrics are numbers or one-element tensors; the trainer checks this once, on its dry step
+  before the first iteration, and names the method and the hook when it is not so.
+- every parameter that requires a gradient gets one from the loss (a distributed run reduces
+  gradients with ``find_unused_parameters=False``); the dry step checks this too. Momentum copies
+  and frozen tables are parameters with ``requires_grad=False`` or buffers.
+- logged metrics are averaged over ranks by the trainer at the log step (the loss too).
+- ``ctx.step`` has one meaning everywhere (:class:`TrainContext`).
 """
 
 from __future__ import annotations
@@ -14,6 +25,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
+
+from ssl_zoo.errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
     from ssl_zoo.data.views import Views, ViewSpec
@@ -47,7 +60,13 @@ class TrainContext:
     """
 
     epoch: int = 0
-    step: int = 0  # optimiser steps done so far (global iteration counter)
+    """The current epoch, from 0 (in ``on_epoch_start``: the epoch about to start)."""
+    step: int = 0
+    """Iterations (optimiser steps) completed before the current one, one meaning in every
+    hook: in ``forward``, ``before_optimizer_step``, ``after_optimizer_step`` and ``on_log`` the
+    0-based index of the iteration they belong to (the log record of that iteration has
+    ``"step": ctx.step + 1``, the count after it); in ``on_train_start`` and ``on_epoch_start``
+    the index of the next iteration to run (0 on a fresh run; a resumed run's position)."""
     steps_per_epoch: int = 1
     total_steps: int = 1
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
@@ -78,6 +97,9 @@ class Method(nn.Module):
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     Config: ClassVar[type[MethodConfig]] = MethodConfig
+    default_eval_network: ClassVar[str] = "backbone"
+    """The key of :meth:`eval_networks` that evaluation and export use unless the run sets
+    ``eval.network`` (DINO and BYOL: their teacher / target network)."""
 
     def __init__(self, backbone: nn.Module, feature_dim: int, config: MethodConfig | None = None):
         super().__init__()
@@ -100,9 +122,37 @@ class Method(nn.Module):
         global crops for its teacher) and finds them in ``forward`` with
         ``views.crop_indices("global")``."""
 
-    def forward(self, views: Views) -> StepOutput:  # pragma: no cover - abstract
-        """One training step's loss from the augmented views (crops in view-spec order)."""
+    def forward(self, views: Views, ctx: TrainContext | None = None
+                ) -> StepOutput:  # pragma: no cover - abstract
+        """One training step's loss from the augmented views (crops in view-spec order).
+
+        ``ctx`` is the trainer's :class:`TrainContext` of this iteration (the trainer passes it
+        as the second positional argument, through the DDP wrapper too); ``None`` means a call
+        outside the trainer, to be treated as ``TrainContext()`` (step 0, epoch 0, a log step).
+        """
         raise NotImplementedError
+
+    def eval_networks(self) -> dict[str, nn.Module]:
+        """The networks that can be evaluated and exported, by name (``eval.network``).
+
+        Each maps an image batch (B, C, H, W) to features (B, D) like the backbone; to be
+        exported it must have the backbone's architecture (its state_dict keys). Default: the
+        backbone alone. A method with a teacher or target network adds it here and names it in
+        :attr:`default_eval_network`."""
+        return {"backbone": self.backbone}
+
+    def eval_network(self, name: str = "") -> nn.Module:
+        """The network ``name`` of :meth:`eval_networks` ("" = :attr:`default_eval_network`);
+        a one-line :class:`~ssl_zoo.errors.ConfigError` listing the choices for another name."""
+        networks = self.eval_networks()
+        key = name or self.default_eval_network
+        if key not in networks:
+            what = "eval.network" if name else (f"{type(self).__name__}.default_eval_network "
+                                                "(not a key of eval_networks())")
+            method = self.name or type(self).__name__
+            raise ConfigError(f"{what}: {key!r} is not a network of {method} "
+                              f"(choices: {', '.join(sorted(networks))})")
+        return networks[key]
 
     # --- shared helpers -----------------------------------------------------------------------
     def encode_views(self, views: Views, encoder: nn.Module | None = None) -> list[torch.Tensor]:
@@ -135,9 +185,9 @@ class Method(nn.Module):
     def on_train_start(self, ctx: TrainContext) -> None:
         """Called once before the first step (also after a resume).
 
-        The trainer passes the same :class:`TrainContext` object to every hook and updates its
-        ``epoch`` and ``step`` in place before every iteration, so a method may keep a reference
-        (e.g. ``self._ctx = ctx``) and read the current epoch inside ``forward``.
+        The trainer passes the same :class:`TrainContext` object to every hook and to
+        ``forward``, updating its ``epoch`` and ``step`` in place before every iteration: read
+        them where they are given rather than keeping a reference.
         """
 
     def on_epoch_start(self, ctx: TrainContext) -> None:

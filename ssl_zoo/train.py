@@ -53,8 +53,9 @@ class Trainer:
     all-reduce of the gradients in backward). Only forward goes through ``model``, so checkpoint
     keys never carry DDP's ``module.`` prefix.
 
-    Evaluation comes in as a callback (``evaluation``: an object with ``periodic(backbone,
-    device) -> dict`` and ``final(method, device, step) -> dict``, as
+    Evaluation comes in as a callback (``evaluation``: an object with ``periodic(network,
+    device) -> dict`` (the method's evaluated network, ``eval.network``) and
+    ``final(method, device, step) -> dict``, as
     :class:`ssl_zoo.evaluation.run.RunEvaluation`), so the loop knows nothing of metrics.
     """
 
@@ -88,6 +89,7 @@ class Trainer:
         """The method on its device, and ``model``: it, or its DDP wrapper (class docstring)."""
         self.method, self.model, self.channels_last = steps.place_method(
             self.run.build_method(), self.cfg.train, self.device, self.world_size)
+        self.method.eval_network(self.cfg.eval.network)  # an unknown name: one line, now
 
     def _setup_data(self) -> None:
         """The training loader: this rank's share, decoded and cropped where the config says."""
@@ -230,7 +232,7 @@ class Trainer:
             views = self._views(images, index, sizes)
         self.ctx.step, self.ctx.epoch = self.step, self.epoch
         with label("zoo:forward"), steps.autocast(self.device, self.autocast_dtype):
-            out = self.model(views)
+            out = self.model(views, self.ctx)
         with label("zoo:nonfinite"):
             ok = steps.finite_on_every_rank(out.loss, self.optimizer, self.world_size)
         with label("zoo:backward"):
@@ -363,7 +365,7 @@ class Trainer:
                    "lr": lr, "images_per_s": ips}
             rec.update({k: v for k, v in host.items() if k not in rec})
             self._log(rec)
-            self.ctx.step = self.step
+            self.ctx.step = self.step - 1  # the logged iteration's index (TrainContext.step)
             self.method.on_log(self.ctx, host)
             self._bar.update(loss=self.last_loss, lr=lr, ips=ips)
         self._bar.advance()
@@ -427,7 +429,8 @@ class Trainer:
         train_s = self.train_seconds
         with self.clock.paused():
             if self.is_main and self.evaluation is not None:
-                acc = self.evaluation.periodic(self.method.backbone, self.device)
+                acc = self.evaluation.periodic(self.method.eval_network(self.cfg.eval.network),
+                                               self.device)
                 self.method.train()
                 self._log({"step": self.step, "epoch": self.epoch, "train_s": train_s, **acc})
             if self.world_size > 1:

@@ -116,7 +116,7 @@ def run_steps(build, groups, index, rank: int, world: int, steps: int, epoch_sta
         ctx.epoch = step  # every step starts a new "epoch" so epoch hooks are exercised too
         method.on_epoch_start(ctx)
         views = local_views(groups, index, rank, world)
-        out = model(views)
+        out = model(views, ctx)
         out.loss.backward()
         method.before_optimizer_step(ctx)
         opt.step()

@@ -151,7 +151,9 @@ def _method_clusters(method, data, view_spec, device, batch_size) -> torch.Tenso
 def evaluate_backbone(method, data, view_spec, device, cfg: RunConfig, *, out_dir: Path,
                       checkpoint_key: str = "", console=None, eval_name: str = "eval",
                       show=None) -> dict[str, Any]:
-    """Evaluate ``method.backbone`` (and the method's clusters); write JSON and pictures.
+    """Evaluate the method's evaluated network (``eval.network``, default
+    :attr:`~ssl_zoo.method.Method.default_eval_network`: the backbone unless the method says
+    otherwise) and the method's clusters; write JSON and pictures.
 
     ``console`` receives progress notes, ``show`` the result (the caller's printing)."""
     out_dir = Path(out_dir)
@@ -164,7 +166,8 @@ def evaluate_backbone(method, data, view_spec, device, cfg: RunConfig, *, out_di
                       "features, k = number of classes; NMI, ARI, purity"},
         "checkpoint": checkpoint_key,
     }
-    result.update(_metrics(method.backbone, data, view_spec, device, cfg,
+    result["network"] = cfg.eval.network or method.default_eval_network
+    result.update(_metrics(method.eval_network(cfg.eval.network), data, view_spec, device, cfg,
                            cache_dir=out_dir / "features", console=console))
     yte = _labels(data.test) if data.test is not None else None
     assignments = _method_clusters(method, data, view_spec, device, cfg.eval.batch_size)
@@ -184,8 +187,8 @@ def evaluate_backbone(method, data, view_spec, device, cfg: RunConfig, *, out_di
 def _pictures(method, data, view_spec, device, cfg, out_dir: Path, assignments) -> list[str]:
     paths = []
     feats_dir = out_dir / "features"
-    _, _, fte = _features(method.backbone, data, view_spec, device, cfg.eval.batch_size,
-                          feats_dir, cfg.dataset)
+    _, _, fte = _features(method.eval_network(cfg.eval.network), data, view_spec, device,
+                          cfg.eval.batch_size, feats_dir, cfg.dataset)
     yte = _labels(data.test) if data.test is not None else None
     classes = getattr(data.test, "classes", None) if data.test is not None else None
     if fte is not None:
@@ -213,8 +216,9 @@ class RunEvaluation:
         self.run_dir = Path(run_dir)
         self.console, self.show = console, show
 
-    def periodic(self, backbone, device) -> dict[str, float]:
-        return quick_knn(backbone, self.data, self.view_spec, device, self.cfg.eval.batch_size)
+    def periodic(self, network, device) -> dict[str, float]:
+        """kNN of ``network`` (the method's evaluated network) during training."""
+        return quick_knn(network, self.data, self.view_spec, device, self.cfg.eval.batch_size)
 
     def final(self, method, device, step: int) -> dict[str, Any]:
         return evaluate_backbone(

@@ -28,7 +28,7 @@ from torch import nn
 
 from ssl_zoo.backbones import build_backbone
 from ssl_zoo.checkpoint import safe_load
-from ssl_zoo.errors import CheckpointError
+from ssl_zoo.errors import CheckpointError, ConfigError
 
 IGNORED_HEADS = ("fc.", "projection_head.", "prototypes.")
 """Sub-modules under the backbone's prefix that a backbone without a classifier never holds."""
@@ -143,9 +143,18 @@ def load_weights_into(backbone: nn.Module, path: str | Path, backbone_name: str)
 class BackboneOnly(nn.Module):
     """What the evaluation needs of a method, for weights with no method behind them."""
 
+    default_eval_network = "backbone"
+
     def __init__(self, backbone: nn.Module):
         super().__init__()
         self.backbone = backbone
+
+    def eval_network(self, name: str = "") -> nn.Module:
+        """The weights' backbone: the only network there is."""
+        if name not in ("", "backbone"):
+            raise ConfigError(f"eval.network: {name!r}: a weights file has only its backbone "
+                              "(choices: backbone)")
+        return self.backbone
 
     def cluster_assignments(self, x: torch.Tensor) -> None:
         return None

@@ -545,7 +545,7 @@ def test_collapse_warns_once():
         warnings.simplefilter("always")
         for step in range(12):  # logged every step
             out = model(make_views())
-            ctx.step = step + 1
+            ctx.step = step
             model.on_log(ctx, {k: float(v) for k, v in out.metrics.items()})
     assert int(out.metrics["prototypes_used"]) == 1
     swav = [w for w in caught if "collapsed" in str(w.message)]
@@ -788,10 +788,10 @@ def test_metrics_that_cost_time_are_computed_on_log_steps_only():
     model = make_model()
     ctx = TrainContext(log_step=False)
     model.on_train_start(ctx)
-    quiet = model(make_views())
+    quiet = model(make_views(), ctx)
     assert set(quiet.metrics) == {"ln_k"}
     ctx.log_step = True
-    logged = model(make_views())
+    logged = model(make_views(), ctx)
     assert {"loss_over_lnK", "prototypes_used", "code_entropy", "code_max"} <= set(logged.metrics)
 
 
