@@ -220,7 +220,6 @@ class DINO(Method):
         self.teacher_backbone = momentum_copy(self.backbone)
         self.teacher_head = momentum_copy(self.head)
         self.register_buffer("center", torch.zeros(c.out_dim))
-        self._ctx = TrainContext()  # the trainer's, from on_train_start; outside it step 0
         self._pending_center: torch.Tensor | None = None  # this step's batch centre
 
     def eval_networks(self) -> dict[str, nn.Module]:
@@ -257,7 +256,7 @@ class DINO(Method):
 
     # --- the step -------------------------------------------------------------------------
     def forward(self, views: Views, ctx: TrainContext | None = None) -> StepOutput:
-        ctx = self._ctx if ctx is None else ctx
+        ctx = TrainContext() if ctx is None else ctx  # outside the trainer: epoch 0
         c = self.config
         crops = views.crop_indices("global")  # host list: no device work
         if len(crops) < MIN_GLOBAL_CROPS:
@@ -283,10 +282,6 @@ class DINO(Method):
                                                 "student": student.detach()})
 
     # --- hooks ------------------------------------------------------------------------------
-    def on_train_start(self, ctx: TrainContext) -> None:
-        """Keep the trainer's context (its epoch sets the teacher temperature in forward)."""
-        self._ctx = ctx
-
     def before_optimizer_step(self, ctx: TrainContext) -> None:
         """Keep the last layer fixed during the first epoch(s): drop its gradient (official
         ``cancel_gradients_last_layer``)."""

@@ -108,6 +108,9 @@ def test_target_is_frozen_and_the_online_encoder_is_evaluated():
     assert BYOL.default_eval_network == "online"
     assert m.eval_networks()["online"] is m.backbone
     assert m.eval_networks()["target"] is m.target_backbone
+    assert m.eval_network() is m.backbone and m.eval_network("target") is m.target_backbone
+    with pytest.raises(ConfigError, match="choices: online, target"):
+        m.eval_network("teacher")
 
 
 def test_forward_is_the_symmetric_loss_of_online_predictions_against_target_projections():

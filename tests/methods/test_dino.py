@@ -179,6 +179,9 @@ def test_teacher_is_a_frozen_copy_and_the_last_layer_norm_is_fixed():
     assert set(m.eval_networks()) == {"teacher", "student"}
     assert m.eval_networks()[DINO.default_eval_network] is m.teacher_backbone
     assert m.eval_networks()["student"] is m.backbone
+    assert m.eval_network() is m.teacher_backbone and m.eval_network("student") is m.backbone
+    with pytest.raises(ConfigError, match="choices: student, teacher"):
+        m.eval_network("online")
 
 
 def test_forward_is_the_loss_of_student_all_crops_against_teacher_global_crops():
@@ -267,11 +270,9 @@ def test_last_layer_is_frozen_during_the_first_epoch_only():
 
 def test_teacher_temperature_follows_the_epoch_of_the_context():
     m = _method(warmup_teacher_temp=0.04, teacher_temp=0.07, warmup_teacher_temp_epochs=4)
-    ctx = TrainContext(epoch=2)
-    m.on_train_start(ctx)
-    assert m(_views()).metrics["teacher_temp"] == pytest.approx(0.06)
+    assert m(_views(), TrainContext(epoch=2)).metrics["teacher_temp"] == pytest.approx(0.06)
     assert m(_views(), TrainContext(epoch=5)).metrics["teacher_temp"] == pytest.approx(0.07)
-    assert _method()(_views()).metrics["teacher_temp"] == 0.04  # no trainer: epoch 0
+    assert m(_views()).metrics["teacher_temp"] == 0.04  # no trainer: epoch 0
 
 
 def test_steps_run_reach_every_parameter_and_resume_exactly():
