@@ -21,6 +21,8 @@ Where we differ from the official code (facebookresearch/dino, ``main_dino.py``)
   ``torch.cuda.amp``); the softmax over 65,536 scores at temperature 0.04 is where fp16 hurts.
 - The teacher's batch-norm layers (ResNets) use the teacher's own batch statistics, as the
   official code, but not SyncBatchNorm unless ``train.sync_bn`` is set.
+- Batch norm in the head's MLP by default (``head_batch_norm``; official off): at small scale
+  without it the teacher's outputs stay near uniform and nothing is learned in a short run.
 - The learning-rate, weight-decay (0.04 -> 0.4 cosine) and gradient-clipping settings are the
   trainer's (``train.*``, set in the recipes): ssl-zoo clips the global gradient norm, the
   official code each parameter's own norm.
@@ -132,8 +134,12 @@ class DINOConfig(MethodConfig):
     """Output width of the MLP, before l2 normalisation and the last layer (official: 256)."""
     head_layers: int = 3
     """Linear layers of the head's MLP (official: 3)."""
-    head_batch_norm: bool = False
-    """Batch norm in the head's MLP (official: off, ``--use_bn_in_head false``)."""
+    head_batch_norm: bool = True
+    """Batch norm in the head's MLP. Official: off (``--use_bn_in_head false``, the ImageNet
+    recipes); on by default here: on demo (10 epochs, ConvNet) without it the bottleneck
+    outputs of all images start nearly parallel (mean cosine 0.71; 0.18 with it), the centred
+    teacher stays near uniform (entropy 6.5 of ln K = 6.9) and kNN top-1 did not move (teacher
+    0.343, random init 0.332); with it 0.370."""
     norm_last_layer: bool = True
     """Fix the last layer's weight norm to 1 (official default; false lets it train, which the
     README recommends for ViT-S only: better but less stable)."""

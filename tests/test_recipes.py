@@ -101,6 +101,7 @@ def test_dino_recipes_match_the_official_settings():
     assert (m.warmup_teacher_temp, m.teacher_temp, m.warmup_teacher_temp_epochs) == (0.04, 0.07,
                                                                                      30)
     assert (m.student_temp, m.freeze_last_layer_epochs, m.norm_last_layer) == (0.1, 1, False)
+    assert not m.head_batch_norm  # --use_bn_in_head false
     groups = run.view_spec.groups
     assert [(g.count, g.size, tuple(g.scale)) for g in groups] == [
         (1, 224, (0.4, 1.0)), (1, 224, (0.4, 1.0)), (10, 96, (0.05, 0.4))]
