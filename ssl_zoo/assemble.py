@@ -195,6 +195,9 @@ def _view_spec(cls: type[Method], method_config: MethodConfig, image_size: int, 
     top, groups of count 0 left out, validated against the image size, ``auto`` roles settled
     (global: the groups of the largest size left)."""
     spec = cls.default_views(method_config, image_size)
+    if not isinstance(spec, ViewSpec):
+        raise UserError(f"{cls.__name__}.default_views returned {type(spec).__name__}, not a "
+                        "ssl_zoo.data.views.ViewSpec")
     spec.mean, spec.std = tuple(mean), tuple(std)
     spec_data = {"views": to_dict(spec)}
     if given_views is not None:

@@ -210,7 +210,9 @@ class Method(nn.Module):
 
     def on_log(self, ctx: TrainContext, metrics: dict[str, float]) -> None:
         """Called on log steps with the step's metrics as host numbers (after the trainer's one
-        device-to-host transfer); a place for checks on them, e.g. SwAV's collapse warning."""
+        device-to-host transfer; numbers and one-element tensors are means over ranks); a place
+        for checks on them, e.g. SwAV's collapse warning. ``ctx.step`` is the logged
+        iteration's index (its record says ``ctx.step + 1``)."""
 
     # --- config helpers -----------------------------------------------------------------------
     @classmethod

@@ -5,16 +5,22 @@ Methods come in three ways, none of which needs an edit in ``ssl_zoo/``:
 1. the ``ssl_zoo.methods`` entry-point group (our own four methods use it, like any third-party
    package would);
 2. the :func:`register_method` decorator, in code the user imports;
-3. ``--method path/to/file.py:ClassName`` (or just ``path/to/file.py`` when it defines one method).
+3. ``--method path/to/file.py:ClassName`` (or just ``path/to/file.py`` when it defines one method),
+   or ``--method package.module:ClassName`` for a class on the import path.
+
+A name is taken once: a decorator or a second distribution claiming a name that is already
+registered is a one-line error naming both (never a silent replacement of a built-in).
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import inspect
 import sys
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from ssl_zoo.backbones import BACKBONES
 from ssl_zoo.data.sources import SOURCES
@@ -25,15 +31,39 @@ ENTRY_POINT_GROUP = "ssl_zoo.methods"
 
 _methods: dict[str, type[Method]] = {}
 _entry_points: dict[str, metadata.EntryPoint] | None = None
+_clashes: dict[str, str] = {}  # name -> the one-line error (two entry points, one name)
+
+
+def _class_path(cls: type) -> str:
+    """``module:QualName``: how an entry point names a class."""
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def _entry_point_source(ep: metadata.EntryPoint) -> str:
+    dist = getattr(ep, "dist", None)
+    where = f" of the distribution {dist.name}" if dist is not None and dist.name else ""
+    return f"the entry point {ep.value}{where}"
 
 
 def register_method(name: str | None = None):
-    """Class decorator: ``@register_method("mine")`` makes ``--method mine`` work."""
+    """Class decorator: ``@register_method("mine")`` makes ``--method mine`` work.
+
+    A name that is already taken, by an entry point (our own methods are) or by another class,
+    is a :class:`~ssl_zoo.errors.UserError` naming both; registering the same class again (its
+    module imported twice) is fine."""
 
     def wrap(cls: type[Method]) -> type[Method]:
         if not (inspect.isclass(cls) and issubclass(cls, Method)):
             raise TypeError(f"{cls!r} is not a subclass of ssl_zoo.Method")
         key = name or cls.name or cls.__name__.lower()
+        ep = _discover().get(key)
+        if ep is not None and ep.value != _class_path(cls):
+            raise UserError(f"method name {key!r} of {_class_path(cls)} (register_method) is "
+                            f"already {_entry_point_source(ep)}; choose another name")
+        known = _methods.get(key)
+        if known is not None and _class_path(known) != _class_path(cls):
+            raise UserError(f"method name {key!r} of {_class_path(cls)} (register_method) is "
+                            f"already {_class_path(known)}; choose another name")
         if not cls.name:
             cls.name = key
         _methods[key] = cls
@@ -43,9 +73,19 @@ def register_method(name: str | None = None):
 
 
 def _discover() -> dict[str, metadata.EntryPoint]:
+    """The ``ssl_zoo.methods`` entry points by name. Two distributions declaring one name with
+    different classes are remembered in ``_clashes``: asking for that name is an error."""
     global _entry_points
     if _entry_points is None:
-        _entry_points = {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
+        found: dict[str, metadata.EntryPoint] = {}
+        for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+            other = found.get(ep.name)
+            if other is not None and other.value != ep.value:
+                _clashes[ep.name] = (f"method name {ep.name!r} is declared twice: by "
+                                     f"{_entry_point_source(other)} and by "
+                                     f"{_entry_point_source(ep)}; uninstall one")
+            found.setdefault(ep.name, ep)
+        _entry_points = found
     return _entry_points
 
 
@@ -88,13 +128,34 @@ def _load_from_file(spec: str) -> type[Method]:
     return next(iter(found.values()))
 
 
+def _load_by_import_path(spec: str) -> type[Method]:
+    """``package.module:Class`` (an entry point's form): the class imported from there."""
+    module_name, _, qualname = spec.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    except ImportError as exc:
+        raise UserError(f"method {spec!r}: cannot import {module_name}: {exc}") from exc
+    except AttributeError:
+        raise UserError(f"method {spec!r}: {module_name} has no {qualname}") from None
+    if not (inspect.isclass(obj) and issubclass(obj, Method)):
+        raise UserError(f"method {spec!r} is not a subclass of ssl_zoo.Method")
+    return obj
+
+
 def get_method(name: str) -> type[Method]:
-    """The method class registered as ``name``, or loaded from ``file.py[:Class]``."""
+    """The method class registered as ``name``, loaded from ``file.py[:Class]``, or imported
+    from ``package.module:Class``."""
     if name.endswith(".py") or ".py:" in name:
         return _load_from_file(name)
+    if ":" in name:
+        return _load_by_import_path(name)
+    eps = _discover()
+    if name in _clashes:
+        raise UserError(_clashes[name])
     if name in _methods:
         return _methods[name]
-    eps = _discover()
     if name in eps:
         try:
             cls = eps[name].load()

@@ -11,6 +11,7 @@ import os
 import warnings
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from numbers import Number
 from typing import Any
 
 import torch
@@ -205,22 +206,30 @@ def eval_view_batches(dataset, batch_size: int, num_workers: int, rank: int, wor
 def read_to_host(loss: torch.Tensor, metrics: dict[str, Any], extra: list[torch.Tensor],
                  averaged: torch.Tensor | None = None
                  ) -> tuple[float, dict[str, Any], list[float], list[float]]:
-    """The loss (mean over ranks), the scalar metrics, ``extra`` device scalars and
-    ``averaged`` (a vector averaged over ranks in the loss's all-reduce), brought to the host in
-    one transfer (the log step's only read of the device). Returns (loss, metrics, extra,
-    averaged)."""
-    keys = [k for k, v in metrics.items() if isinstance(v, torch.Tensor) and v.numel() == 1]
-    shared = [loss.detach().float().reshape(1)]
+    """The loss and the metrics, averaged over ranks, ``extra`` device scalars (this rank's)
+    and ``averaged`` (a vector averaged over ranks too), brought to the host in one transfer
+    after one all-reduce (the log step's only read of the device). Every metric that is a number
+    or a one-element tensor is a mean over ranks, counts included (SwAV's ``prototypes_used``
+    is then the ranks' mean count); anything else is this rank's, as it is. Returns (loss,
+    metrics, extra, averaged)."""
+    tensors = [k for k, v in metrics.items() if isinstance(v, torch.Tensor) and v.numel() == 1]
+    numbers = [k for k, v in metrics.items()
+               if isinstance(v, Number) and not isinstance(v, complex)]
+    # float64, so host numbers come back as they went (the loss and float32 metrics exactly)
+    shared = [loss.detach().double().reshape(1),
+              *(metrics[k].detach().double().reshape(1).to(loss.device) for k in tensors)]
+    if numbers:  # host numbers join the one all-reduce (a small copy, on log steps only)
+        shared.append(torch.tensor([float(metrics[k]) for k in numbers], dtype=torch.float64,
+                                   device=loss.device))
     if averaged is not None:
-        shared.append(averaged.float().reshape(-1))
+        shared.append(averaged.double().reshape(-1))
     shared = D.all_reduce_mean(torch.cat(shared))
-    values = torch.cat([shared, torch.stack([*(x.float().reshape(()) for x in extra),
-                                             *(metrics[k].detach().float().reshape(())
-                                               for k in keys)])]).tolist()
-    first = len(shared) + len(extra)
-    host = {k: values[first + keys.index(k)] if k in keys else jsonable(v)
-            for k, v in metrics.items()}
-    return values[0], host, values[len(shared):first], values[1:len(shared)]
+    values = torch.cat([shared, *(x.double().reshape(1) for x in extra)]).tolist()
+    reduced = dict(zip([*tensors, *numbers], values[1:1 + len(tensors) + len(numbers)]))
+    host = {k: reduced[k] if k in reduced else jsonable(v) for k, v in metrics.items()}
+    first_avg = 1 + len(tensors) + len(numbers)
+    n_avg = len(shared) - first_avg
+    return values[0], host, values[len(shared):], values[first_avg:first_avg + n_avg]
 
 
 class EpochBar:

@@ -21,6 +21,7 @@ import torch.distributed as dist
 from ssl_zoo import runstate, steps
 from ssl_zoo.assemble import Run, resolve_device
 from ssl_zoo.checkpoint import save_checkpoint
+from ssl_zoo.contract import check_forward_signature, dry_step
 from ssl_zoo.data.loader import step_seed
 from ssl_zoo.data.views import Views, make_views, skip_view_draws
 from ssl_zoo.method import TrainContext
@@ -90,6 +91,7 @@ class Trainer:
         self.method, self.model, self.channels_last = steps.place_method(
             self.run.build_method(), self.cfg.train, self.device, self.world_size)
         self.method.eval_network(self.cfg.eval.network)  # an unknown name: one line, now
+        check_forward_signature(self.method)
 
     def _setup_data(self) -> None:
         """The training loader: this rank's share, decoded and cropped where the config says."""
@@ -134,6 +136,7 @@ class Trainer:
         self.requests = RunRequests(self.stopper, self.cfg.train.checkpoint_every_minutes,
                                     self.world_size)
         self._stopping = False
+        self._dry_step_done = False
 
     @property
     def train_seconds(self) -> float:
@@ -252,6 +255,25 @@ class Trainer:
             self.nonfinite.record(ok, self.step, out, views)
         return out.loss.detach(), out, views, lr
 
+    def _dry_step(self, images: torch.Tensor | Views, index: torch.Tensor,
+                  sizes: torch.Tensor | None) -> None:
+        """The contract's checks, once per process before its first iteration (a resumed run's
+        too), on this iteration's batch and crops: forward returns a proper StepOutput and every
+        trainable parameter gets a gradient (:func:`ssl_zoo.contract.dry_step`: nothing
+        applied, state and generators put back, so the run is the same as without it). Not
+        counted as training time."""
+        t = self.cfg.train
+
+        def make_views() -> Views:
+            torch.manual_seed(step_seed(t.seed, self.step, self.rank))  # as _train_step draws
+            return self._views(images, index, sizes)
+
+        self.ctx.step, self.ctx.epoch = self.step, self.epoch
+        with self.clock.paused():
+            dry_step(self.method, make_views, self.ctx,
+                     steps.autocast(self.device, self.autocast_dtype), self.world_size)
+        self._dry_step_done = True
+
     def _views(self, images: torch.Tensor | Views, index: torch.Tensor,
                sizes: torch.Tensor | None) -> Views:
         """This step's crops on the device (made here, or by the workers from the same seed)."""
@@ -336,6 +358,8 @@ class Trainer:
         batches = self.loader.iterate(start_batch=self.batch_in_epoch, first_step=self.step)
         for images, index, sizes in steps.prefetch(batches, self.device):
             self.ctx.log_step = self._is_log_step(self.step + 1)
+            if not self._dry_step_done:
+                self._dry_step(images, index, sizes)
             loss, out, _, lr = self._train_step(images, index, sizes)
             self.step += 1
             self.batch_in_epoch += 1

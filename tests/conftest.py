@@ -20,6 +20,43 @@ for _cls in (DINO, BYOL):
     if _cls.name not in method_names():
         register_method(_cls.name)(_cls)
 
+ALL_METHODS = ["swav", "simclr", "moco", "pcl", "dino", "byol"]
+"""Every method the conformance kit (``ssl_zoo.testing``) checks in tests/test_conformance.py:
+a registered name, or ``package.module:Class`` for one not installed yet. Add yours here."""
+
+CHECK_OPTIONS: dict[str, dict] = {
+    # per method, optional: "sets" (--set assignments for the trainer's checks on the kit's
+    # 64 images of 16 px) and "two_ranks" (the 2-ranks check's "config" fields, crop "sizes"
+    # as (count, size) per group, and "steps")
+    "swav": {"sets": ["method.num_prototypes=8"],
+             "two_ranks": {"config": {"num_prototypes": 12, "feat_dim": 8, "hidden_dim": 16,
+                                      "queue_length": 16, "queue_start_epoch": 0},
+                           "sizes": [(2, 8), (2, 4)], "steps": 4}},
+    "simclr": {"two_ranks": {"sizes": [(2, 8)], "steps": 2}},
+    "moco": {"sets": ["method.queue_length=32", "method.shuffle_bn_groups=2"],
+             "two_ranks": {"config": {"queue_length": 24, "proj_dim": 8,
+                                      "shuffle_bn_groups": 1},
+                           "sizes": [(2, 8)], "steps": 3}},
+    "pcl": {"sets": ["method.queue_length=32", "method.warmup_epochs=0",
+                     "method.num_clusters=[4,6]", "method.kmeans_iters=3",
+                     "method.kmeans_redo=1", "train.optimizer=adamw"],
+            "two_ranks": {"config": {"queue_length": 24, "proj_dim": 8, "shuffle_bn_groups": 1,
+                                     "warmup_epochs": 0, "num_clusters": (2, 3),
+                                     "num_negative_prototypes": 1},
+                          "sizes": [(2, 8)], "steps": 2}},
+    # two global crops (one group each, as the default views) and two local ones: the centre
+    # is all-reduced, the last layer frozen at step 0
+    "dino": {"sets": ["method.out_dim=64", "method.hidden_dim=32", "method.bottleneck_dim=16",
+                      "views.groups.2.count=2"],
+             "two_ranks": {"config": {"out_dim": 16, "hidden_dim": 16, "bottleneck_dim": 8},
+                           "sizes": [(1, 8), (1, 8), (2, 4)], "steps": 3}},
+    "byol": {"sets": ["method.proj_hidden_dim=32", "method.pred_hidden_dim=32",
+                      "method.proj_dim=16"],
+             "two_ranks": {"config": {"proj_hidden_dim": 16, "proj_dim": 8,
+                                      "pred_hidden_dim": 16},
+                           "sizes": [(1, 8), (1, 8)], "steps": 3}},
+}
+
 TOY_METHOD = '''
 from dataclasses import dataclass
 

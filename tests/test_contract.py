@@ -4,6 +4,7 @@ network is evaluated and exported."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ import torch
 
 from ssl_zoo import cli
 from ssl_zoo.assemble import resolve
-from ssl_zoo.errors import ConfigError
+from ssl_zoo.errors import ConfigError, UserError
 from ssl_zoo.evaluation import run as evaluation_run
 from ssl_zoo.evaluation.run import RunEvaluation
 from ssl_zoo.train import Trainer
@@ -98,7 +99,8 @@ def _seen(trainer: Trainer) -> list[tuple[str, int, int]]:
 def test_ctx_step_means_the_same_in_forward_and_every_hook(tmp_path, probe):
     """ctx.step: the iterations completed before the current one. 2 epochs of 4 iterations,
     logged every 3: forward and the optimiser hooks see 0..7, on_epoch_start 0 and 4,
-    on_log 2, 5 and 7 (whose records say step 3, 6 and 8)."""
+    on_log 2, 5 and 7 (whose records say step 3, 6 and 8). forward runs once more, first:
+    the trainer's dry step (ssl_zoo/contract.py), at step 0."""
     data = tiny_npz(tmp_path / "tiny.npz")
     trainer = Trainer(resolve({}, _sets(data, f"method={probe}:Probe")), tmp_path / "run",
                       show_progress=False)
@@ -110,7 +112,7 @@ def test_ctx_step_means_the_same_in_forward_and_every_hook(tmp_path, probe):
     iterations = [(s, s // 4) for s in range(8)]
     assert by_hook["on_train_start"] == [(0, 0)]
     assert by_hook["on_epoch_start"] == [(0, 0), (4, 1)]
-    assert by_hook["forward"][-8:] == iterations
+    assert by_hook["forward"] == [(0, 0), *iterations]  # the dry step's, then the 8 steps
     assert by_hook["before_optimizer_step"] == iterations
     assert by_hook["after_optimizer_step"] == iterations
     assert by_hook["on_log"] == [(2, 0), (5, 1), (7, 1)]
@@ -227,3 +229,232 @@ def test_an_unknown_eval_network_is_a_one_line_error_at_resolve_time(tmp_path, t
                      "--set", "eval.network=nope", "--dry-run"])
     err = capsys.readouterr().err
     assert code == 2 and "eval.network: 'nope'" in err and len(err.strip().splitlines()) == 1
+
+
+# --------------------------------------------------------------------------------------------
+# contract mistakes: one line naming the method and the hook, before the first step
+# --------------------------------------------------------------------------------------------
+BAD = '''
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ssl_zoo import Method, MethodConfig, StepOutput
+from ssl_zoo.data.views import CropGroup, ViewSpec
+
+
+@dataclass
+class BadConfig(MethodConfig):
+    mistake: str = "none"
+    """Which contract mistake forward makes."""
+
+
+class Bad(Method):
+    name = "bad"
+    Config = BadConfig
+
+    def __init__(self, backbone, feature_dim, config=None):
+        super().__init__(backbone, feature_dim, config)
+        self.head = torch.nn.Linear(feature_dim, 4)
+        self.unused = torch.nn.Linear(4, 4)  # used only when mistake != "unused"
+        self.register_buffer("calls", torch.zeros((), dtype=torch.long))
+
+    @classmethod
+    def default_views(cls, config, image_size):
+        if config.mistake == "views":
+            return [CropGroup(count=2, size=image_size)]
+        return ViewSpec(groups=[CropGroup(count=2, size=image_size)])
+
+    def forward(self, views, ctx=None):
+        self.calls += 1
+        m = self.config.mistake
+        z = [F.normalize(self.head(f), dim=1) for f in self.encode_views(views)]
+        if m != "unused":
+            z = [self.unused(x) for x in z]
+        per_sample = 2 - 2 * (z[0] * z[1]).sum(1)
+        if m == "tensor":
+            return per_sample.mean()
+        if m == "vector":
+            return StepOutput(per_sample)
+        if m == "metric":
+            return StepOutput(per_sample.mean(), {"per_sample": per_sample.detach()})
+        if m == "detached":
+            return StepOutput(per_sample.mean().detach())
+        return StepOutput(per_sample.mean(), {"calls": self.calls.float()})
+
+
+class NoCtx(Bad):
+    name = "noctx"
+
+    def forward(self, views):
+        return super().forward(views)
+'''
+
+MISTAKES = {
+    "tensor": r"Bad\.forward returned Tensor, not an ssl_zoo\.StepOutput",
+    "vector": r"Bad\.forward: StepOutput\.loss has shape \(8,\); it must be a scalar",
+    "metric": r"Bad\.forward: metric 'per_sample' is a tensor of shape \(8,\)",
+    "detached": r"Bad\.forward: StepOutput\.loss does not require grad",
+    "unused": r"Bad\.forward: 2 trainable parameter\(s\) get no gradient from the loss: "
+              r"unused\.weight, unused\.bias; a multi-process \(DDP\) run",
+}
+
+
+@pytest.fixture
+def bad(tmp_path):
+    path = tmp_path / "bad.py"
+    path.write_text(BAD)
+    return path
+
+
+@pytest.mark.parametrize("mistake", list(MISTAKES))
+def test_contract_mistakes_are_one_line_errors_before_the_first_step(mistake, tmp_path, bad):
+    data = tiny_npz(tmp_path / "tiny.npz")
+    trainer = Trainer(resolve({}, _sets(data, f"method={bad}:Bad", f"method.mistake={mistake}")),
+                      tmp_path / "run", show_progress=False)
+    before = {k: v.clone() for k, v in trainer.method.state_dict().items()}
+    with pytest.raises(UserError, match=MISTAKES[mistake]) as caught:
+        trainer.fit()
+    assert "\n" not in str(caught.value)
+    assert trainer.step == 0  # nothing trained, nothing applied
+    after = trainer.method.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # calls: restored to 0
+
+
+def test_a_forward_without_ctx_and_default_views_of_the_wrong_type(tmp_path, bad, capsys):
+    data = tiny_npz(tmp_path / "tiny.npz")
+    with pytest.raises(UserError, match=r"NoCtx\.forward must accept \(views, "
+                                        r"ctx=None\)"):
+        Trainer(resolve({}, _sets(data, f"method={bad}:NoCtx")), tmp_path / "r",
+                show_progress=False)
+    with pytest.raises(UserError, match=r"Bad\.default_views returned list, not a "):
+        resolve({}, _sets(data, f"method={bad}:Bad", "method.mistake=views"))
+    code = cli.main(["train", "--method", f"{bad}:Bad", "--dataset", f"npz:{data}",
+                     "--set", "method.mistake=tensor", "--set", "train.num_workers=0",
+                     "--set", "train.batch_size=8",
+                     "--no-progress", "--out", str(tmp_path / "cli")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and "forward returned Tensor" in err
+
+
+def test_the_dry_step_puts_everything_back():
+    """Buffers (batch-norm statistics), host counters, gradients and every random generator
+    are as before the dry step; only its checks remain."""
+    import random
+
+    from ssl_zoo.backbones import build_backbone
+    from ssl_zoo.contract import dry_step
+    from ssl_zoo.data.views import Views
+    from ssl_zoo.method import TrainContext
+    from ssl_zoo_methods.swav import SwAV, SwAVConfig
+
+    torch.manual_seed(0)
+    backbone, dim = build_backbone("convnet_w0.25", image_size=16)
+    method = SwAV(backbone, dim, SwAVConfig(num_prototypes=8, feat_dim=8, queue_length=16))
+    method.iteration = 5  # a host counter
+    method.prototypes.weight.grad = torch.ones_like(method.prototypes.weight)
+    before = {k: v.clone() for k, v in method.state_dict().items()}
+    ctx = TrainContext(log_step=False)
+    generators = (torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy())
+
+    def views():
+        torch.rand(3)  # draws, as making crops does
+        random.random()
+        np.random.rand()
+        return Views([torch.randn(16, 3, 16, 16)], [2], torch.arange(8))
+
+    dry_step(method, views, ctx, contextlib.nullcontext())
+    after = method.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before) and method.iteration == 5
+    assert torch.equal(method.prototypes.weight.grad, torch.ones_like(method.prototypes.weight))
+    assert method.backbone.training and ctx.log_step is False
+    assert torch.equal(torch.get_rng_state(), generators[0])
+    assert random.getstate() == generators[1]
+    assert np.array_equal(np.random.get_state()[1], generators[2])
+    # a forward does move the batch-norm statistics (so that restoring them is tested)
+    method(views(), ctx)
+    moved = method.state_dict()
+    bn = [k for k in before if k.endswith("running_mean")]
+    assert bn and not all(torch.equal(before[k], moved[k]) for k in bn)
+
+
+# --------------------------------------------------------------------------------------------
+# logged metrics are means over ranks
+# --------------------------------------------------------------------------------------------
+def _log_step_on_rank(rank: int, world: int) -> dict:
+    """One log step's transfer on this rank, with metrics that differ per rank."""
+    from ssl_zoo.steps import read_to_host
+
+    metrics = {"device_metric": torch.tensor(10.0 * (rank + 1)),
+               "count": torch.tensor(rank + 3),  # an integer tensor: a mean of counts
+               "host_number": 0.25 * rank, "same": 7.0, "text": f"rank{rank}"}
+    loss, host, extra, averaged = read_to_host(
+        torch.tensor(1.0 + rank), metrics, [torch.tensor(float(rank))],
+        torch.tensor([2.0 * rank, 4.0]))
+    return {"loss": loss, "host": host, "extra": extra, "averaged": averaged}
+
+
+def test_logged_metrics_are_the_mean_over_two_gloo_ranks():
+    from ssl_zoo.testing import run_on_ranks
+
+    ranks = run_on_ranks(_log_step_on_rank, world=2)
+    for r, got in enumerate(ranks):
+        assert got["loss"] == 1.5
+        assert got["host"]["device_metric"] == 15.0  # (10 + 20) / 2
+        assert got["host"]["count"] == 3.5 and got["host"]["host_number"] == 0.125
+        assert got["host"]["same"] == 7.0
+        assert got["host"]["text"] == f"rank{r}"  # not a number: this rank's, as it is
+        assert got["extra"] == [float(r)]  # the non-finite counters: not averaged
+        assert got["averaged"] == [1.0, 4.0]
+
+
+# --------------------------------------------------------------------------------------------
+# the weight-decay schedule, as the trainer applies it
+# --------------------------------------------------------------------------------------------
+def test_weight_decay_follows_its_cosine_per_iteration_on_the_decayed_group_only(tmp_path,
+                                                                                   probe):
+    """train.weight_decay 0.04 -> train.weight_decay_end 0.4 over 8 iterations: at iteration s
+    the decayed group's decay is 0.4 + (0.04 - 0.4) (1 + cos(pi s / 7)) / 2, computed here by
+    hand; the norm and bias group stays 0 throughout (AdamW, exclude_norm_and_bias)."""
+    import math
+
+    data = tiny_npz(tmp_path / "tiny.npz")
+    trainer = Trainer(resolve({}, _sets(data, f"method={probe}:Probe", "train.optimizer=adamw",
+                                        "train.weight_decay=0.04",
+                                        "train.weight_decay_end=0.4")),
+                      tmp_path / "run", show_progress=False)
+    seen = []
+    step = trainer.optimizer.step
+
+    def recording(*args, **kwargs):
+        seen.append([g["weight_decay"] for g in trainer.optimizer.param_groups])
+        return step(*args, **kwargs)
+
+    trainer.optimizer.step = recording
+    trainer.fit()
+    assert len(seen) == 8 and len(seen[0]) == 2
+    for s, (decayed, no_decay) in enumerate(seen):
+        want = 0.4 + (0.04 - 0.4) * (1 + math.cos(math.pi * s / 7)) / 2
+        assert decayed == pytest.approx(want, rel=1e-12) and no_decay == 0.0
+    assert seen[0][0] == pytest.approx(0.04) and seen[-1][0] == pytest.approx(0.4)
+
+
+@pytest.mark.slow
+def test_an_unused_parameter_under_two_processes_is_our_one_line_error(tmp_path, bad):
+    """Under --nproc 2 (gloo) the dry step names the parameter in every rank before DDP's first
+    reduction, instead of PyTorch's "Expected to have finished reduction" at step 2."""
+    import os
+    import subprocess
+
+    data = tiny_npz(tmp_path / "tiny.npz")
+    out = subprocess.run(
+        [sys.executable, "-m", "ssl_zoo", "train", "--nproc", "2", "--method", f"{bad}:Bad",
+         "--dataset", f"npz:{data}", "--no-progress", "--no-eval", "--out", str(tmp_path / "r"),
+         "--set", "method.mistake=unused", "--set", "train.batch_size=8",
+         "--set", "train.num_workers=0"],
+        capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    text = out.stdout + out.stderr
+    assert out.returncode != 0
+    assert "get no gradient from the loss: unused.weight, unused.bias" in text
+    assert "Expected to have finished reduction" not in text

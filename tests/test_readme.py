@@ -118,3 +118,49 @@ def test_every_readme_command_runs(readme_world, capsys):
         else:
             assert main(argv) == 0, argv
     assert (world / "r18.pt").is_file() and (world / "runs" / "swav-r18" / "eval.json").is_file()
+
+
+@pytest.fixture
+def readme_plugin(tmp_path, monkeypatch):
+    """The README's method installed as its ``pyproject.toml`` snippet says: the module the
+    entry point names, holding the README's first Python block, on the import path; returns
+    (entry-point name, entry-point value, the kit test's namespace)."""
+    import sys
+
+    import tomllib
+
+    (toml,) = _blocks("toml")
+    (name, value), = tomllib.loads(toml)["project"]["entry-points"]["ssl_zoo.methods"].items()
+    module = value.partition(":")[0]
+    path = tmp_path / "site" / Path(*module.split("."))
+    path.parent.mkdir(parents=True)
+    (path.parent / "__init__.py").write_text("")
+    path.with_suffix(".py").write_text(_blocks("python")[0])
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    namespace: dict = {}
+    exec(compile(_blocks("python")[1], "test_my_method.py", "exec"), namespace)
+    yield name, value, namespace
+    for key in [k for k in sys.modules if k == module.split(".")[0] or k.startswith(
+            module.split(".")[0] + ".")]:
+        del sys.modules[key]
+
+
+def test_the_readme_entry_point_names_the_readme_method(readme_plugin):
+    from ssl_zoo import registry
+
+    name, value, namespace = readme_plugin
+    cls = registry.get_method(value)  # the entry point's own form, package.module:Class
+    assert cls.name == name and cls.__name__ == value.partition(":")[2]
+    assert namespace["Mine"] is cls  # the kit test imports the same class
+    assert [k for k in namespace if k.startswith("test_")] == [
+        "test_mine_passes_the_conformance_checks", "test_mine_is_sync_free_with_a_larger_head"]
+
+
+def test_the_readme_kit_test_runs(readme_plugin):
+    """The README's conformance test, its quick check (the sync-free step)."""
+    readme_plugin[2]["test_mine_is_sync_free_with_a_larger_head"]()
+
+
+@pytest.mark.slow
+def test_the_readme_kit_test_runs_every_check(readme_plugin):
+    readme_plugin[2]["test_mine_passes_the_conformance_checks"]()

@@ -46,3 +46,48 @@ def test_method_file_errors_are_one_line(tmp_path):
     broken.write_text("raise RuntimeError('boom')\n")
     with pytest.raises(UserError, match="importing .* failed: RuntimeError: boom"):
         registry.get_method(str(broken))
+
+
+def test_a_plugin_taking_a_builtin_name_is_a_one_line_error_naming_both():
+    class Impostor(Method):
+        description = "not simclr"
+
+    with pytest.raises(UserError, match=r"method name 'simclr' of .*Impostor \(register_method\) "
+                                        r"is already the entry point ssl_zoo_methods\.simclr"
+                                        r":SimCLR") as caught:
+        register_method("simclr")(Impostor)
+    assert "\n" not in str(caught.value)
+    assert registry.get_method("simclr").__name__ == "SimCLR"  # the built-in stays
+
+
+def test_two_classes_under_one_decorated_name_is_an_error_and_the_same_class_again_is_not():
+    @register_method("dup-name")
+    class First(Method):
+        pass
+
+    register_method("dup-name")(First)  # its module imported again: fine
+
+    class Second(Method):
+        pass
+
+    with pytest.raises(UserError, match=r"'dup-name' of .*Second \(register_method\) is "
+                                        r"already .*First"):
+        register_method("dup-name")(Second)
+    assert registry.get_method("dup-name") is First
+
+
+def test_two_distributions_declaring_one_name_is_an_error_when_it_is_asked_for(monkeypatch):
+    from importlib import metadata
+
+    group = registry.ENTRY_POINT_GROUP
+    mine = metadata.EntryPoint("clash", "pkg_a.m:A", group)
+    theirs = metadata.EntryPoint("clash", "pkg_b.m:B", group)
+    monkeypatch.setattr(metadata, "entry_points",
+                        lambda group=None: [mine, theirs] if group == registry.ENTRY_POINT_GROUP
+                        else [])
+    monkeypatch.setattr(registry, "_entry_points", None)
+    monkeypatch.setattr(registry, "_clashes", {})
+    with pytest.raises(UserError, match=r"'clash' is declared twice: by the entry point "
+                                        r"pkg_a\.m:A and by the entry point pkg_b\.m:B"):
+        registry.get_method("clash")
+    assert "failed to load" in registry.list_methods()["clash"]

@@ -1,94 +1,42 @@
-"""Runs that survive: SIGKILL at a random iteration, then --resume, ends bit-identical."""
+"""Runs that survive: SIGKILL at a random iteration, then --resume, ends bit-identical (the
+conformance kit's check, ssl_zoo/testing.py; every method passes it in
+tests/test_conformance.py)."""
 
 from __future__ import annotations
 
 import json
-import os
-import random
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import pytest
 import torch
 
 from ssl_zoo.cli import main
+from ssl_zoo.testing import kill_and_resume_equals_uninterrupted as testing_kill_and_resume
+from ssl_zoo.testing import kill_at_random_step, logged_records, train_command
 
 
 def _cmd(method: str, out: Path, extra: list[str]) -> list[str]:
-    return [sys.executable, "-m", "ssl_zoo", "train", "--method", method, "--dataset", "demo",
-            "--out", str(out), "--no-eval", "--no-progress",
-            "--set", "train.checkpoint_every_iters=4", "--set", "train.log_every_iters=1",
-            *extra]
+    return train_command(method, out, ["--dataset", "demo", *extra])
 
 
 def _metrics(run: Path) -> list[dict]:
-    return [{k: v for k, v in json.loads(x).items() if k != "images_per_s"}
-            for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return logged_records(run)
 
 
 def _kill_at_random_step(cmd: list[str], run: Path, low: int, high: int) -> int:
-    """SIGKILL the run once its metrics reach a random step in [low, high]. A small run can
-    finish between two looks; then it is started again, aiming earlier (at most 3 tries)."""
-    target = random.Random(os.getpid()).randint(low, high)
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    metrics = run / "metrics.jsonl"
-    for _ in range(3):
-        shutil.rmtree(run, ignore_errors=True)
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-        deadline = time.time() + 240
-        while time.time() < deadline and proc.poll() is None:
-            if metrics.exists() and len(metrics.read_text().splitlines()) >= target:
-                break
-            time.sleep(0.005)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            return target
-        assert proc.returncode == 0, proc.stderr.read().decode()[-2000:]
-        target = max(low, target // 2)  # it finished before the kill: aim earlier
-    raise AssertionError(f"the run finished before it could be killed, 3 times ({cmd})")
+    return kill_at_random_step(cmd, run, low, high)
 
 
 def kill_and_resume_equals_uninterrupted(tmp_path: Path, method: str, extra: list[str],
                                          total_steps: int) -> None:
-    full, part = tmp_path / "full", tmp_path / "part"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    subprocess.run(_cmd(method, full, extra), check=True, env=env, stdout=subprocess.DEVNULL)
-    # from the 5th logged step on, the checkpoint of step 4 exists (it is saved after step 4's
-    # log line and before step 5's); killed earlier, there would be nothing to resume
-    _kill_at_random_step(_cmd(method, part, extra), part, 5, total_steps - 2)
-    # same thread count as the uninterrupted run: float reductions then add up identically
-    subprocess.run([sys.executable, "-m", "ssl_zoo", "train", "--resume", str(part),
-                    "--no-progress"], check=True, env=env, stdout=subprocess.DEVNULL)
-    a = torch.load(full / "checkpoints" / "last.pt", weights_only=True)
-    b = torch.load(part / "checkpoints" / "last.pt", weights_only=True)
-    assert a["step"] == b["step"] == total_steps
-    for key in a["model"]:
-        assert torch.equal(a["model"][key], b["model"][key]), key
-    for (ka, va), (_, vb) in zip(a["optimizer"]["state"].items(),
-                                  b["optimizer"]["state"].items()):
-        for name in va:
-            assert torch.equal(torch.as_tensor(va[name]), torch.as_tensor(vb[name])), (ka, name)
-    assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
-    assert _metrics(full) == _metrics(part)
+    """The conformance kit's check (ssl_zoo/testing.py) on the demo set."""
+    testing_kill_and_resume(tmp_path, method, ["--dataset", "demo", *extra], total_steps)
 
 
 def test_toy_method_survives_sigkill(tmp_path, toy_method_file):
     kill_and_resume_equals_uninterrupted(
         tmp_path, f"{toy_method_file}:Toy",
         ["--batch-size", "100", "--epochs", "2"], total_steps=40)
-
-
-@pytest.mark.parametrize("method", ["swav", "moco"])
-def test_builtin_methods_survive_sigkill(tmp_path, method):
-    kill_and_resume_equals_uninterrupted(
-        tmp_path, method,
-        ["--batch-size", "100", "--epochs", "2", "--set", "train.max_steps=24"],
-        total_steps=24)
 
 
 def test_views_made_in_the_workers_survive_sigkill(tmp_path):

@@ -9,83 +9,32 @@ machine the same steps also run under ``torch.cuda.set_sync_debug_mode("error")`
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from ssl_zoo.assemble import resolve
 from ssl_zoo.data.views import make_views
+from ssl_zoo.testing import SyncCounter, sync_ops_per_step
 from ssl_zoo.train import Trainer
 
-ALWAYS_SYNC = {
-    "aten::_local_scalar_dense",  # .item(), int(t), float(t), bool(t)
-    "aten::nonzero", "aten::nonzero_static", "aten::argwhere",
-    "aten::unique", "aten::_unique", "aten::_unique2", "aten::unique_dim",
-    "aten::unique_consecutive", "aten::masked_select", "aten::bincount", "aten::histc",
-    "aten::equal", "aten::is_nonzero", "aten::allclose",
-    "aten::lift_fresh",  # torch.tensor(python data): a host-to-device copy on a GPU
-}
-
-
-def _sync_reason(func, args, kwargs) -> str | None:
-    """Why this op would make a GPU wait for the host, or None."""
-    name = func._schema.name
-    if name in ALWAYS_SYNC:
-        return name
-    if name == "aten::repeat_interleave" and isinstance(args[0], torch.Tensor) \
-            and len(args) < 3 and "output_size" not in kwargs:
-        if func.__name__.startswith("repeat_interleave.Tensor") or args[0].dtype == torch.long:
-            return name + " without output_size"
-    if name in ("aten::index", "aten::index_put", "aten::index_put_", "aten::_index_put_impl_"):
-        indices = args[1] if len(args) > 1 else kwargs.get("indices", [])
-        if any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in indices):
-            return name + " with a boolean mask"
-    if name == "aten::masked_scatter" or name == "aten::masked_scatter_":
-        return name
-    return None
-
-
-class SyncCounter(TorchDispatchMode):
-    """Records every operation that would synchronise a GPU stream with the host."""
-
-    def __init__(self):
-        super().__init__()
-        self.found: list[str] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        reason = _sync_reason(func, args, kwargs)
-        if reason:
-            self.found.append(reason)
-        return func(*args, **kwargs)
-
-
-METHODS = Path(__file__).resolve().parents[1] / "methods"
 BASE = ["dataset=demo", "backbone=convnet", "train.batch_size=64", "train.epochs=1",
         "train.log_every_iters=1000", "eval.enabled=false", "train.max_steps=8"]
+# variants beyond each method's defaults (which tests/test_conformance.py checks for every
+# method with the kit's check_sync_free_step)
 CASES = {
-    "swav": ["method=swav"],
     "swav-queue-freeze-hard": ["method=swav", "method.queue_length=128",
                                "method.queue_start_epoch=0", "method.freeze_prototypes_iters=4",
                                "method.hard_assignment_iters=3", "train.optimizer=lars",
                                "train.exclude_norm_and_bias=false"],
     "swav-sgd": ["method=swav", "train.optimizer=sgd"],
-    "simclr": ["method=simclr"],
-    "moco": ["method=moco", "method.queue_length=256", "method.shuffle_bn_groups=2"],
-    "pcl": ["method=pcl", "method.queue_length=256", "method.warmup_epochs=0",
-            "method.num_clusters=[10,20]", "method.kmeans_iters=3", "method.kmeans_redo=1",
-            "train.optimizer=adamw"],
-    # teacher on the 2 global crops, 2 local ones; the last layer frozen (epoch 0), the
-    # teacher temperature warming up, the trainer's gradient clipping and weight-decay cosine
-    "dino": [f"method={METHODS / 'dino.py'}:DINO", "method.out_dim=256", "method.hidden_dim=64",
-             "method.bottleneck_dim=32", "method.warmup_teacher_temp_epochs=3",
-             "method.teacher_temp=0.07", "views.groups.2.count=2", "train.optimizer=adamw",
-             "train.clip_grad_norm=3.0", "train.weight_decay=0.04",
-             "train.weight_decay_end=0.4"],
-    "byol": [f"method={METHODS / 'byol.py'}:BYOL", "method.proj_hidden_dim=64",
-             "method.pred_hidden_dim=64", "method.proj_dim=32", "train.optimizer=lars"],
+    # DINO with its ViT recipe's trainer settings: AdamW, gradient clipping, the weight-decay
+    # cosine, the teacher temperature warming up, the last layer frozen (epoch 0)
+    "dino-vit-settings": ["method=dino", "method.out_dim=256", "method.hidden_dim=64",
+                          "method.bottleneck_dim=32", "method.warmup_teacher_temp_epochs=3",
+                          "method.teacher_temp=0.07", "method.head_batch_norm=false",
+                          "views.groups.2.count=2", "train.optimizer=adamw",
+                          "train.clip_grad_norm=3.0", "train.weight_decay=0.04",
+                          "train.weight_decay_end=0.4"],
 }
 
 
@@ -94,20 +43,9 @@ def _trainer(tmp_path, sets, device="cpu") -> Trainer:
     return Trainer(run, tmp_path / "run", show_progress=False)
 
 
-def _steps_syncs(trainer: Trainer, monkeypatch) -> list[list[str]]:
-    """Run the trainer; the sync ops of each of its steps."""
-    per_step: list[list[str]] = []
-    step = Trainer._train_step
-
-    def counted(self, images, index, sizes=None):
-        with SyncCounter() as counter:
-            result = step(self, images, index, sizes)
-        per_step.append(counter.found)
-        return result
-
-    monkeypatch.setattr(Trainer, "_train_step", counted)
-    trainer.fit()
-    return per_step
+def _steps_syncs(trainer: Trainer, monkeypatch=None) -> list[list[str]]:
+    """Run the trainer; the sync ops of each of its steps (the kit's counter)."""
+    return sync_ops_per_step(trainer)
 
 
 def test_the_counter_sees_the_operations_that_synchronise():
@@ -181,8 +119,8 @@ def test_a_nan_step_is_skipped_on_the_device_and_leaves_the_swav_queue_unchanged
     forward = type(method).forward
     snapshots = {}
 
-    def poisoned(self, views):
-        out = forward(self, views)
+    def poisoned(self, views, ctx=None):
+        out = forward(self, views, ctx)
         if trainer.step == 3:  # this step's loss is NaN
             snapshots["queue"] = [q.features.clone() for q in self.queues]
             snapshots["params"] = {k: v.detach().clone() for k, v in self.named_parameters()}
