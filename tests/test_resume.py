@@ -106,22 +106,3 @@ def test_a_run_killed_before_its_first_checkpoint_resumes_from_the_start(tmp_pat
     assert "no checkpoint yet; starting from the beginning" in capsys.readouterr().out
     assert _metrics(run) == full
 
-
-@pytest.mark.slow
-@pytest.mark.parametrize("method,sets", [
-    ("dino.py:DINO", ["method.out_dim=128", "method.hidden_dim=64", "method.bottleneck_dim=32",
-                      "method.warmup_teacher_temp_epochs=2", "method.teacher_temp=0.07",
-                      "views.groups.2.count=2"]),
-    ("byol.py:BYOL", ["method.proj_hidden_dim=64", "method.pred_hidden_dim=64",
-                      "method.proj_dim=32"]),
-])
-def test_dino_and_byol_survive_sigkill(tmp_path, method, sets):
-    """By file (their entry points need a reinstall); 24 steps of 20 per epoch, so the run
-    crosses an epoch (DINO: the last layer unfreezes, the teacher temperature moves) and the
-    teacher / target, DINO's centre and the optimiser state must come back exactly."""
-    path = Path(__file__).resolve().parents[1] / "methods" / method
-    kill_and_resume_equals_uninterrupted(
-        tmp_path, str(path),
-        ["--batch-size", "100", "--epochs", "2", "--set", "train.max_steps=24",
-         *[x for s in sets for x in ("--set", s)]],
-        total_steps=24)
