@@ -9,8 +9,8 @@ import torch
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
-ALL_METHODS = ["swav", "simclr", "moco", "pcl", "barlowtwins", "vicreg", "deepclusterv2",
-               "selav2"]
+ALL_METHODS = ["swav", "simclr", "moco", "pcl", "dino", "byol", "barlowtwins", "vicreg",
+               "deepclusterv2", "selav2"]
 """Every method the conformance kit (``ssl_zoo.testing``) checks in tests/test_conformance.py:
 a registered name, or ``package.module:Class`` for one not installed yet. Add yours here."""
 
@@ -34,6 +34,17 @@ CHECK_OPTIONS: dict[str, dict] = {
                                      "warmup_epochs": 0, "num_clusters": (2, 3),
                                      "num_negative_prototypes": 1},
                           "sizes": [(2, 8)], "steps": 2}},
+    # two global crops (one group each, as the default views) and two local ones: the centre
+    # is all-reduced, the last layer frozen at step 0
+    "dino": {"sets": ["method.out_dim=64", "method.hidden_dim=32", "method.bottleneck_dim=16",
+                      "views.groups.2.count=2"],
+             "two_ranks": {"config": {"out_dim": 16, "hidden_dim": 16, "bottleneck_dim": 8},
+                           "sizes": [(1, 8), (1, 8), (2, 4)], "steps": 3}},
+    "byol": {"sets": ["method.proj_hidden_dim=32", "method.pred_hidden_dim=32",
+                      "method.proj_dim=16"],
+             "two_ranks": {"config": {"proj_hidden_dim": 16, "proj_dim": 8,
+                                      "pred_hidden_dim": 16},
+                           "sizes": [(1, 8), (1, 8)], "steps": 3}},
     # one group per view, as their default (asymmetric) views; small heads for speed
     "barlowtwins": {
         "sets": ["method.proj_hidden_dim=64", "method.proj_dim=64", "train.optimizer=lars"],

@@ -25,6 +25,9 @@ def test_every_method_has_its_recipes():
     for method in ("swav", "simclr", "moco", "pcl", "deepclusterv2", "selav2"):
         assert {(method, "cpu-demo"), (method, "cifar10-r18"), (method, "cifar100-r18")} <= names
         assert any(m == method and s.startswith("imagenet") for m, s in names)
+    for method in ("dino", "byol"):
+        assert {(method, "cpu-demo"), (method, "cifar10-r18"), (method, "imagenet-r50")} <= names
+    assert ("dino", "imagenet-vits16") in names
     assert {("swav", "imagenet-bs4096"), ("swav", "imagenet-bs256")} <= names
     for method in ("barlowtwins", "vicreg"):
         assert {(method, "cpu-demo"), (method, "cifar10-r18"), (method, "imagenet-r50")} <= names
@@ -114,6 +117,46 @@ def test_swav_vit_recipe_has_dinos_optimiser_and_swavs_method():
     cpu = resolve(load_files(["recipes/swav/cpu-demo-vit.yaml"]), [], open_data=False)
     assert cpu.config.backbone_args["patch_size"] == 4 and cpu.image_size == 32
     assert [(g.count, g.size) for g in cpu.view_spec.groups] == [(2, 32), (4, 16)]
+
+
+def test_dino_recipes_match_the_official_settings():
+    """ViT-S/16: the README's 300-epoch command over main_dino.py's defaults; ResNet-50: the
+    README's ResNet-50 command."""
+    run = resolve(load_files(["recipes/dino/imagenet-vits16.yaml"]), [], open_data=False,
+                  world_size=16)
+    t, m = run.config.train, run.method_config
+    assert (t.optimizer, t.lr_per_256, t.warmup_epochs, t.epochs) == ("adamw", 0.0005, 10, 300)
+    assert t.lr_per_256 * 16 * 64 / 256 * t.final_lr_ratio == pytest.approx(1e-6)
+    assert (t.weight_decay, t.weight_decay_end, t.clip_grad_norm) == (0.04, 0.4, 3.0)
+    assert (m.out_dim, m.hidden_dim, m.bottleneck_dim, m.momentum) == (65536, 2048, 256, 0.996)
+    assert (m.warmup_teacher_temp, m.teacher_temp, m.warmup_teacher_temp_epochs) == (0.04, 0.07,
+                                                                                     30)
+    assert (m.student_temp, m.freeze_last_layer_epochs, m.norm_last_layer) == (0.1, 1, False)
+    assert not m.head_batch_norm  # --use_bn_in_head false
+    groups = run.view_spec.groups
+    assert [(g.count, g.size, tuple(g.scale)) for g in groups] == [
+        (1, 224, (0.4, 1.0)), (1, 224, (0.4, 1.0)), (10, 96, (0.05, 0.4))]
+    assert run.view_spec.crop_indices("global") == [0, 1]
+    assert [(g.blur_p, g.solarize_p) for g in groups] == [(1.0, 0.0), (0.1, 0.2), (0.5, 0.0)]
+    r50 = resolve(load_files(["recipes/dino/imagenet-r50.yaml"]), [], open_data=False,
+                  world_size=8)
+    t = r50.config.train
+    assert (t.optimizer, t.lr_per_256, t.weight_decay, t.weight_decay_end) == ("sgd", 0.03,
+                                                                               1e-4, None)
+    assert t.lr_per_256 * 8 * 64 / 256 * t.final_lr_ratio == pytest.approx(1e-6)
+    assert [(g.count, tuple(g.scale)) for g in r50.view_spec.groups] == [
+        (1, (0.14, 1.0)), (1, (0.14, 1.0)), (8, (0.05, 0.14))]
+
+
+def test_byol_paper_recipe_matches_the_paper():
+    run = resolve(load_files(["recipes/byol/imagenet-r50.yaml"]), [], open_data=False,
+                  world_size=64)
+    t, m = run.config.train, run.method_config
+    assert t.batch_size * 64 == 4096 and t.lr_per_256 * 4096 / 256 == pytest.approx(3.2)
+    assert (t.optimizer, t.weight_decay, t.epochs, t.warmup_epochs) == ("lars", 1.5e-6, 1000, 10)
+    assert (m.proj_hidden_dim, m.proj_dim, m.pred_hidden_dim, m.momentum) == (4096, 256, 4096,
+                                                                              0.996)
+    assert [(g.blur_p, g.solarize_p) for g in run.view_spec.groups] == [(1.0, 0.0), (0.1, 0.2)]
 
 
 # --------------------------------------------------------------------------------------------

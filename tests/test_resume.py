@@ -105,3 +105,4 @@ def test_a_run_killed_before_its_first_checkpoint_resumes_from_the_start(tmp_pat
     assert main(["train", "--resume", str(run), "--no-progress"]) == 0
     assert "no checkpoint yet; starting from the beginning" in capsys.readouterr().out
     assert _metrics(run) == full
+

@@ -27,6 +27,14 @@ CASES = {
                                "method.hard_assignment_iters=3", "train.optimizer=lars",
                                "train.exclude_norm_and_bias=false"],
     "swav-sgd": ["method=swav", "train.optimizer=sgd"],
+    # DINO with its ViT recipe's trainer settings: AdamW, gradient clipping, the weight-decay
+    # cosine, the teacher temperature warming up, the last layer frozen (epoch 0)
+    "dino-vit-settings": ["method=dino", "method.out_dim=256", "method.hidden_dim=64",
+                          "method.bottleneck_dim=32", "method.warmup_teacher_temp_epochs=3",
+                          "method.teacher_temp=0.07", "method.head_batch_norm=false",
+                          "views.groups.2.count=2", "train.optimizer=adamw",
+                          "train.clip_grad_norm=3.0", "train.weight_decay=0.04",
+                          "train.weight_decay_end=0.4"],
 }
 
 
