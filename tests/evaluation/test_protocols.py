@@ -155,6 +155,34 @@ def test_semisup_on_a_folder_source_with_weights_fraction_and_list(tmp_path, wei
         and "gone.png" in err
 
 
+def test_linear_paper_on_a_folder_source_and_semisup_on_a_demo_run(tmp_path, weights, ssl_run):
+    """The other two (protocol, source) pairs through the CLI: each trains its run and reports
+    the full test split; linear-paper keeps the backbone frozen, semisup moves it."""
+    data = _folder(tmp_path / "imgs")
+    out = tmp_path / "lin"
+    assert main(["eval", "--weights", str(weights), "--backbone", "convnet", "--dataset",
+                 f"folder:{data}", "--protocol", "linear-paper", "--set", "image_size=16",
+                 "--set", "train.epochs=1", "--set", "train.num_workers=0", *FAST,
+                 "--out", str(out)]) == 0
+    res = json.loads((out / "eval_linear_paper.json").read_text())
+    assert res["n_train"] == 24 and res["n_test"] == 9
+    ckpt = torch.load(out / "linear_paper" / "checkpoints" / "last.pt", weights_only=True)
+    start = torch.load(weights, weights_only=True)
+    assert torch.equal(ckpt["model"]["backbone.features.0.weight"], start["features.0.weight"])
+
+    assert main(["eval", str(ssl_run), "--protocol", "semisup", "--label-fraction", "0.1",
+                 "--set", "train.epochs=1", *FAST]) == 0
+    res = json.loads((ssl_run / "eval_semisup.json").read_text())
+    # 10% of each class, rounded per class (10 classes)
+    assert res["n_test"] == 1000 and abs(res["n_train"] - 200) <= 10
+    src = torch.load(ssl_run / "checkpoints" / "last.pt", weights_only=True)
+    tuned = torch.load(ssl_run / "semisup" / "checkpoints" / "last.pt", weights_only=True)
+    moved = [k for k, v in src["model"].items()
+             if k.startswith("backbone.") and v.is_floating_point()
+             and not torch.equal(tuned["model"][k], v)]
+    assert moved, "semisup fine-tunes the backbone"
+
+
 def test_user_mistakes_of_the_protocols_are_one_line_errors(ssl_run, capsys):
     for extra, message in ((["--protocol", "semisup"], "--label-fraction"),
                            (["--protocol", "linear-paper", "--label-fraction", "0.1"],
