@@ -61,8 +61,8 @@ from ssl_zoo.optim import build_optimizer  # noqa: E402
 from ssl_zoo.steps import PHASES, amp_dtype  # noqa: E402
 from ssl_zoo.train import Trainer  # noqa: E402
 
-METHODS = ("swav", "simclr", "moco", "pcl", "dino", "byol", "barlowtwins", "vicreg", "deepclusterv2",
-           "selav2")
+METHODS = ("swav", "simclr", "moco", "pcl", "dino", "byol", "barlowtwins", "vicreg",
+           "deepclusterv2", "selav2")
 NEW_FLAGS = ("compile", "channels_last", "cudnn_benchmark", "tf32")
 """TrainConfig fields of issue #12, passed or read only where this TrainConfig has them."""
 

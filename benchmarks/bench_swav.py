@@ -73,7 +73,6 @@ def lightly_child(npz: Path, epochs: int, n_local: int, cfg: dict) -> dict:
     from PIL import Image
     from torch.utils.data import DataLoader, Dataset
 
-    from ssl_zoo_methods.swav import SwAVConfig
     from ssl_zoo.backbones import build_backbone
     from ssl_zoo.config import from_dict
     from ssl_zoo.data.sources import open_source
@@ -81,6 +80,7 @@ def lightly_child(npz: Path, epochs: int, n_local: int, cfg: dict) -> dict:
     from ssl_zoo.evaluation.features import extract_features
     from ssl_zoo.evaluation.run import knn_both
     from ssl_zoo.optim import warmup_cosine
+    from ssl_zoo_methods.swav import SwAVConfig
 
     m, t = from_dict(SwAVConfig, cfg["method_config"]), cfg["train"]
     views = cfg["views"]

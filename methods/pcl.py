@@ -33,7 +33,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssl_zoo_methods.moco import MoCo, MoCoConfig
 from ssl_zoo.data.views import Views
 from ssl_zoo.errors import ConfigError
 from ssl_zoo.evaluation.faiss_utils import kmeans
@@ -41,6 +40,7 @@ from ssl_zoo.method import StepOutput, TrainContext
 from ssl_zoo.modules.distributed import all_reduce_sum, get_rank, is_distributed
 from ssl_zoo.modules.memory import dataset_embeddings
 from ssl_zoo.modules.state import host_counters, sized_by_checkpoint
+from ssl_zoo_methods.moco import MoCo, MoCoConfig
 
 
 # --------------------------------------------------------------------------------------------

@@ -5,9 +5,10 @@ overwrite."""
 from __future__ import annotations
 
 import importlib.util
-import tomllib
 from importlib.metadata import entry_points
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())

@@ -69,8 +69,8 @@ def test_no_host_sync_in_vit_steps(tmp_path, monkeypatch):
 
 
 def _build_vit_swav():
-    from ssl_zoo_methods.swav import SwAV, SwAVConfig
     from ssl_zoo.backbones import build_backbone
+    from ssl_zoo_methods.swav import SwAV, SwAVConfig
 
     net, dim = build_backbone(f"timm:{MODEL}", args=TINY)
     return SwAV(net, dim, SwAVConfig(num_prototypes=12, feat_dim=8, hidden_dim=16,

@@ -11,12 +11,12 @@ from hypothesis import strategies as st
 from lightly.loss import NTXentLoss
 from torch import nn
 
-from ssl_zoo_methods.moco import MoCo, MoCoConfig, info_nce, info_nce_logits, shuffled_bn_keys
 from ssl_zoo.backbones import ConvNet
 from ssl_zoo.data.views import Views
 from ssl_zoo.errors import ConfigError
 from ssl_zoo.method import TrainContext
 from ssl_zoo.modules.momentum import momentum_at
+from ssl_zoo_methods.moco import MoCo, MoCoConfig, info_nce, info_nce_logits, shuffled_bn_keys
 
 
 def slow_info_nce(q, k, queue, temperature) -> float:

@@ -10,10 +10,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from ssl_zoo_methods.moco import MoCo, MoCoConfig, shuffled_bn_keys
 from ssl_zoo.backbones import ConvNet
 from ssl_zoo.data.views import Views
 from ssl_zoo.method import TrainContext
+from ssl_zoo_methods.moco import MoCo, MoCoConfig, shuffled_bn_keys
 
 WORLD = 2
 N = 12  # global batch; 6 images per rank

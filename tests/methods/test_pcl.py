@@ -10,6 +10,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ssl_zoo.backbones import ConvNet
+from ssl_zoo.data.views import Views
+from ssl_zoo.errors import ConfigError
+from ssl_zoo.method import TrainContext
 from ssl_zoo_methods.pcl import (
     PCL,
     PCLConfig,
@@ -19,10 +23,6 @@ from ssl_zoo_methods.pcl import (
     proto_nce_logits,
     scale_concentration,
 )
-from ssl_zoo.backbones import ConvNet
-from ssl_zoo.data.views import Views
-from ssl_zoo.errors import ConfigError
-from ssl_zoo.method import TrainContext
 
 # --------------------------------------------------------------------------------------------
 # concentration (PCL Eq. 12)

@@ -10,10 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from lightly.loss import NTXentLoss
 
-from ssl_zoo_methods.simclr import SimCLR, SimCLRConfig, nt_xent
 from ssl_zoo.backbones import ConvNet
 from ssl_zoo.data.views import Views
 from ssl_zoo.errors import ConfigError
+from ssl_zoo_methods.simclr import SimCLR, SimCLRConfig, nt_xent
 
 
 def _unit(rows: list[list[float]]) -> list[list[float]]:

@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from torch import nn
 
-from ssl_zoo_methods.swav import SwAV, SwAVConfig, sinkhorn, swapped_prediction_loss
 from ssl_zoo.assemble import resolve
 from ssl_zoo.config import from_dict
 from ssl_zoo.data.views import Views
@@ -23,6 +22,7 @@ from ssl_zoo.errors import ConfigError
 from ssl_zoo.method import TrainContext
 from ssl_zoo.modules.prototypes import Prototypes
 from ssl_zoo.train import Trainer
+from ssl_zoo_methods.swav import SwAV, SwAVConfig, sinkhorn, swapped_prediction_loss
 
 HYP = settings(max_examples=40, deadline=None)
 

@@ -13,10 +13,10 @@ import torch.multiprocessing as mp
 from ddp_harness import kill_launcher_and_ranks
 from torch import nn
 
-from ssl_zoo_methods.swav import SwAV, SwAVConfig, sinkhorn
 from ssl_zoo.data.views import Views
 from ssl_zoo.method import TrainContext
 from ssl_zoo.modules.distributed import all_reduce_mean
+from ssl_zoo_methods.swav import SwAV, SwAVConfig, sinkhorn
 
 WORLD = 2
 BATCH = 8  # global

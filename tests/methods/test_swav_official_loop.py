@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssl_zoo_methods.swav import SwAV, SwAVConfig
 from ssl_zoo.data.views import Views
 from ssl_zoo.method import TrainContext
 from ssl_zoo.optim import build_optimizer
+from ssl_zoo_methods.swav import SwAV, SwAVConfig
 
 BATCH, K, STEPS, STEPS_PER_EPOCH = 8, 10, 30, 5
 EPSILON, TEMPERATURE, ITERS = 0.05, 0.1, 3
