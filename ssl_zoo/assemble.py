@@ -172,6 +172,8 @@ def _typed_configs(base: dict[str, Any] | None, sets: list[str] | tuple[str, ...
     name = str(method or data.get("method") or RunConfig.method)
     data["method"] = name
     cls = registry.get_method(name)
+    for key, value in cls.train_defaults.items():  # below files and --set (applied next)
+        data.setdefault("train", {}).setdefault(key, value)
     fields = set(cls.config_fields())
     for s in other_sets:
         if _set_key(s) != "method":

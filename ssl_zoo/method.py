@@ -99,7 +99,11 @@ class Method(nn.Module):
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     default_eval_network: ClassVar[str] = "backbone"
     """The key of :meth:`eval_networks` that evaluation and export use unless the run sets
-    ``eval.network`` (DINO and BYOL: their teacher / target network)."""
+    ``eval.network`` (DINO: its teacher; BYOL: its online network, as its paper)."""
+    train_defaults: ClassVar[dict[str, Any]] = {}
+    """Trainer settings (``train.*`` field -> value) this method's small-scale defaults need,
+    e.g. BYOL's ``{"batch_size": 64}``: they replace the trainer's defaults for this method
+    only, and any config file, saved config or ``--set`` still wins."""
 
     def __init__(self, backbone: nn.Module, feature_dim: int, config: MethodConfig | None = None):
         super().__init__()

@@ -458,3 +458,26 @@ def test_an_unused_parameter_under_two_processes_is_our_one_line_error(tmp_path,
     assert out.returncode != 0
     assert "get no gradient from the loss: unused.weight, unused.bias" in text
     assert "Expected to have finished reduction" not in text
+
+
+def test_a_methods_train_defaults_sit_below_files_and_sets():
+    """``Method.train_defaults`` replaces the trainer's defaults for that method only; a config
+    file (or saved config) and ``--set`` still win, and other methods keep the trainer's."""
+    from ssl_zoo.assemble import resolve
+    from ssl_zoo.config import TrainConfig
+
+    trainer_default = TrainConfig().batch_size
+    assert trainer_default != 64
+    assert resolve({}, [], method="byol", open_data=False).config.train.batch_size == 64
+    assert resolve({}, [], method="simclr", open_data=False).config.train.batch_size \
+        == trainer_default
+    assert resolve({}, ["train.batch_size=32"], method="byol",
+                   open_data=False).config.train.batch_size == 32
+    assert resolve({"train": {"batch_size": 96}}, [], method="byol",
+                   open_data=False).config.train.batch_size == 96
+    # a saved config.json (every field written) resumes with what it says
+    saved = resolve({"train": {"batch_size": 128}}, [], method="byol", open_data=False)
+    from ssl_zoo.config import to_dict
+
+    again = resolve(to_dict(saved.config), [], method="byol", open_data=False)
+    assert again.config.train.batch_size == 128
