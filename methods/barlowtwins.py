@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssl_zoo.data.views import CropGroup, Views, ViewSpec
+from ssl_zoo.data.views import Views, ViewSpec, asymmetric_pair
 from ssl_zoo.errors import ConfigError
 from ssl_zoo.method import Method, MethodConfig, StepOutput, TrainContext
 from ssl_zoo.modules.distributed import gather_with_grad
@@ -139,21 +139,11 @@ class BarlowTwins(Method):
 
     @classmethod
     def default_views(cls, config: BarlowTwinsConfig, image_size: int) -> ViewSpec:
-        """BYOL's two asymmetric views (Barlow Twins App. A, after Grill et al. 2020, Table 6):
-        crop area (0.08, 1), flip, colour jitter (0.4, 0.4, 0.2, 0.1) p=0.8, grayscale p=0.2,
-        Gaussian blur (sigma 0.1-2, PIL's radius-sigma blur of the official code: no kernel cap)
-        p=1.0 on the first view and 0.1 on the second, solarisation p=0.2 on the second only.
-        Below 96 px no blur (solo-learn's and lightly's CIFAR recipes). One group per view:
-        each view its own backbone pass and batch statistics, as the official code."""
-        blur = image_size >= 96
-
-        def view(blur_p: float, solarize_p: float) -> CropGroup:
-            return CropGroup(count=1, size=image_size, scale=(0.08, 1.0), brightness=0.4,
-                             contrast=0.4, saturation=0.2, hue=0.1, jitter_p=0.8,
-                             grayscale_p=0.2, blur_p=blur_p if blur else 0.0,
-                             solarize_p=solarize_p, blur_kernel_frac=0.0)
-
-        return ViewSpec(groups=[view(1.0, 0.0), view(0.1, 0.2)])
+        """BYOL's two asymmetric views (Barlow Twins App. A; see
+        :func:`~ssl_zoo.data.views.asymmetric_pair`) with the official code's uncapped PIL
+        blur. The two views share one backbone pass (batch statistics over both; the
+        official code runs the backbone once per view)."""
+        return asymmetric_pair(image_size, blur_kernel_frac=0.0)
 
     @classmethod
     def check_views(cls, config: BarlowTwinsConfig, spec: ViewSpec) -> None:

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssl_zoo.data.views import CropGroup, Views, ViewSpec
+from ssl_zoo.data.views import Views, ViewSpec, asymmetric_pair
 from ssl_zoo.data.views.spec import IMAGENET_MEAN, IMAGENET_STD
 from ssl_zoo.errors import ConfigError
 from ssl_zoo.method import Method, MethodConfig, StepOutput, TrainContext
@@ -94,19 +94,9 @@ class BYOLConfig(MethodConfig):
 
 
 def byol_views(image_size: int) -> ViewSpec:
-    """BYOL's two views (Table 6): area (0.08, 1), flip, colour jitter (0.4, 0.4, 0.2, 0.1)
-    with p=0.8, grayscale p=0.2; view 1 blur p=1.0, solarise p=0; view 2 blur p=0.1, solarise
-    p=0.2 (blur sigma 0.1-2, a kernel of 23 px at 224: 10% of the crop). Below 96 px the blur
-    is off (solo-learn's CIFAR recipe; blur on 32-px crops removes most of the signal)."""
-    blur = image_size >= 96
-
-    def view(blur_p: float, solarize_p: float) -> CropGroup:
-        return CropGroup(count=1, size=image_size, scale=(0.08, 1.0), brightness=0.4,
-                         contrast=0.4, saturation=0.2, hue=0.1, jitter_p=0.8, grayscale_p=0.2,
-                         blur_p=blur_p if blur else 0.0, blur_kernel_frac=0.1,
-                         solarize_p=solarize_p)
-
-    spec = ViewSpec(groups=[view(1.0, 0.0), view(0.1, 0.2)])
+    """BYOL's two views (Table 6; :func:`~ssl_zoo.data.views.asymmetric_pair`) with a blur
+    kernel of 10% of the crop, and ImageNet's normalisation at ImageNet sizes."""
+    spec = asymmetric_pair(image_size, blur_kernel_frac=0.1)
     if image_size >= 192:
         spec.mean, spec.std = IMAGENET_MEAN, IMAGENET_STD
     return spec

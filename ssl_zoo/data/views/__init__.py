@@ -38,7 +38,7 @@ from ssl_zoo.data.views.boxes import (
     fallback_boxes,
     source_pixels_per_output,
 )
-from ssl_zoo.data.views.builders import distorted_crops, multi_crop, two_crops
+from ssl_zoo.data.views.builders import asymmetric_pair, distorted_crops, multi_crop, two_crops
 from ssl_zoo.data.views.checks import check_batch, check_sizes
 from ssl_zoo.data.views.colour import (
     GRAY_WEIGHTS,
@@ -81,6 +81,7 @@ __all__ = [
     "CropGroup", "GroupParams", "Uniforms", "ViewSpec", "Views", "adjust_hue", "augment_group",
     "balanced_labels", "blur_kernel_size", "blur_radii", "blur_rows_", "boxes_from_uniforms",
     "canvas_boxes", "check_batch", "check_sizes", "color_jitter", "crop_resize",
+    "asymmetric_pair",
     "distorted_crops", "draw_params", "eval_boxes", "eval_view", "fallback_boxes",
     "jitter_factors", "make_views", "multi_crop", "normalise_", "rgb_to_grayscale",
     "roi_resize", "separable_blur", "skip_view_draws", "solarize", "source_pixels_per_output",

@@ -41,3 +41,22 @@ def multi_crop(global_size: int, local_size: int, n_local: int,
         groups.append(distorted_crops(n_local, local_size, local_scale, strength, blur_p,
                                       blur_kernel_frac, role="local"))
     return ViewSpec(groups=groups)
+
+
+def asymmetric_pair(size: int, blur_kernel_frac: float) -> ViewSpec:
+    """BYOL's two views (Grill et al. 2020, Table 6), also Barlow Twins' and VICReg's: area
+    (0.08, 1), flip, colour jitter (0.4, 0.4, 0.2, 0.1) with p=0.8, grayscale p=0.2; view 1
+    blur p=1.0, solarise p=0; view 2 blur p=0.1, solarise p=0.2 (blur sigma 0.1-2). Below
+    96 px the blur is off (solo-learn's and lightly's CIFAR recipes). ``blur_kernel_frac``: the
+    blur kernel as a fraction of the crop (BYOL: 0.1, 23 px at 224) or 0 for no cap (PIL's
+    radius-sigma blur of the official Barlow Twins and VICReg code). The two views are two
+    groups of one size: one backbone pass, batch statistics over both."""
+    blur = size >= 96
+
+    def view(blur_p: float, solarize_p: float) -> CropGroup:
+        return CropGroup(count=1, size=size, scale=(0.08, 1.0), brightness=0.4, contrast=0.4,
+                         saturation=0.2, hue=0.1, jitter_p=0.8, grayscale_p=0.2,
+                         blur_p=blur_p if blur else 0.0, blur_kernel_frac=blur_kernel_frac,
+                         solarize_p=solarize_p)
+
+    return ViewSpec(groups=[view(1.0, 0.0), view(0.1, 0.2)])
