@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssl_zoo.data.views import Views, ViewSpec, asymmetric_pair
+from ssl_zoo.data.views import Views, ViewSpec, asymmetric_pair, require_two_views
 from ssl_zoo.errors import ConfigError
 from ssl_zoo.method import Method, MethodConfig, StepOutput, TrainContext
 from ssl_zoo.modules.distributed import gather_with_grad
@@ -148,10 +148,7 @@ class BarlowTwins(Method):
     @classmethod
     def check_views(cls, config: BarlowTwinsConfig, spec: ViewSpec) -> None:
         """Exactly two crops of one size: the two views."""
-        if spec.num_crops != 2 or len({g.size for g in spec.groups if g.count > 0}) != 1:
-            raise ConfigError("Barlow Twins trains on exactly 2 crops of one size, got counts "
-                              f"{[g.count for g in spec.groups]} and sizes "
-                              f"{[g.size for g in spec.groups]}")
+        require_two_views(spec, "Barlow Twins")
 
     def forward(self, views: Views, ctx: TrainContext | None = None) -> StepOutput:
         feats = self.encode_views(views)

@@ -36,7 +36,7 @@ from ssl_zoo.data.views.spec import IMAGENET_MEAN, IMAGENET_STD
 from ssl_zoo.errors import ConfigError
 from ssl_zoo.method import Method, MethodConfig, StepOutput, TrainContext
 from ssl_zoo.modules.heads import mlp_head
-from ssl_zoo.modules.momentum import MOMENTUM_SCHEDULES, ema_update_, momentum_at, momentum_copy
+from ssl_zoo.modules.momentum import ema_update_, momentum_at, momentum_copy, momentum_problem
 
 
 # --------------------------------------------------------------------------------------------
@@ -82,12 +82,10 @@ class BYOLConfig(MethodConfig):
         for name in ("proj_hidden_dim", "proj_dim", "pred_hidden_dim"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"method.{name} must be >= 1, got {getattr(self, name)}")
-        if not 0 <= self.momentum < 1:
-            raise ConfigError(f"method.momentum must be in [0, 1), got {self.momentum} "
-                              "(paper: 0.996; 0.99 for short runs)")
-        if self.momentum_schedule not in MOMENTUM_SCHEDULES:
-            raise ConfigError(f"method.momentum_schedule must be one of "
-                              f"{', '.join(MOMENTUM_SCHEDULES)}, got {self.momentum_schedule!r}")
+        problem = momentum_problem(self.momentum, self.momentum_schedule,
+                                   "paper: 0.996; 0.99 for short runs")
+        if problem:
+            raise ConfigError(f"method.{problem}")
         if batch_size < 2:
             raise ConfigError(f"BYOL's batch-norm heads need at least 2 images per batch, got "
                               f"{batch_size}")

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssl_zoo.data.views import Views, ViewSpec, multi_crop
+from ssl_zoo.data.views import Views, ViewSpec, crop_list_problem, multi_crop
 from ssl_zoo.errors import ConfigError
 from ssl_zoo.evaluation.faiss_utils import kmeans
 from ssl_zoo.method import Method, MethodConfig, StepOutput, TrainContext
@@ -86,19 +86,6 @@ def spherical_kmeans(features: torch.Tensor, k: int, niter: int, seed: int, redo
                                        nredo=redo)
     return (F.normalize(centroids.float(), dim=1).to(features.device),
             assignments.long().to(features.device))
-
-
-def crops_problem(crops_for_assign: Sequence[int], n_crops: int | None = None) -> str | None:
-    """What is wrong with ``crops_for_assign`` (None: nothing): at least one crop, none twice,
-    each an index of a crop (when ``n_crops`` is known)."""
-    crops = tuple(crops_for_assign)
-    if not crops:
-        return "crops_for_assign needs at least one crop, e.g. [0, 1]"
-    if len(set(crops)) != len(crops):
-        return f"crops_for_assign lists a crop twice: {list(crops)}"
-    if n_crops is not None and not all(0 <= c < n_crops for c in crops):
-        return f"crops_for_assign {list(crops)} names crops outside 0..{n_crops - 1}"
-    return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -149,7 +136,7 @@ class DeepClusterV2Config(MethodConfig):
                                    f"{self.hidden_dim}")
         need(self.temperature > 0, f"temperature must be > 0 (official: 0.1), got "
                                    f"{self.temperature}")
-        problem = crops_problem(self.crops_for_assign)
+        problem = crop_list_problem("crops_for_assign", self.crops_for_assign)
         need(problem is None, str(problem))
         need(self.kmeans_iters >= 1, f"kmeans_iters must be >= 1 (official: 10), got "
                                      f"{self.kmeans_iters}")
@@ -200,7 +187,8 @@ class DeepClusterV2(Method):
 
     @classmethod
     def check_views(cls, config: DeepClusterV2Config, spec: ViewSpec) -> None:
-        problem = crops_problem(config.crops_for_assign, spec.num_crops)
+        problem = crop_list_problem("crops_for_assign", config.crops_for_assign,
+                                    spec.num_crops)
         if problem:
             raise ConfigError(f"method.{problem}")
 
@@ -267,7 +255,7 @@ class DeepClusterV2(Method):
         """Every crop predicts its image's cluster in every head (``cluster_prediction_loss``);
         the agreement metric only on log steps (``ctx.log_step``; outside a trainer, always)."""
         c = self.config
-        problem = crops_problem(c.crops_for_assign, len(views))
+        problem = crop_list_problem("crops_for_assign", c.crops_for_assign, len(views))
         if problem:  # the trainer checked the view spec; a direct call may pass other views
             raise ConfigError(f"method.{problem}")
         if views.index is None:

@@ -43,7 +43,7 @@ from ssl_zoo.errors import ConfigError
 from ssl_zoo.method import Method, MethodConfig, StepOutput, TrainContext
 from ssl_zoo.modules.distributed import all_reduce_sum, get_world_size
 from ssl_zoo.modules.heads import WeightNormLinear, mlp_head
-from ssl_zoo.modules.momentum import MOMENTUM_SCHEDULES, ema_update_, momentum_at, momentum_copy
+from ssl_zoo.modules.momentum import ema_update_, momentum_at, momentum_copy, momentum_problem
 
 MIN_GLOBAL_CROPS = 2  # the teacher's crops: the spec's global ones (DINO Sec. 3.1: two)
 
@@ -175,11 +175,8 @@ class DINOConfig(MethodConfig):
                                           "(paper: student 0.1, teacher 0.04-0.07)")
         need(0 <= self.center_momentum < 1,
              f"center_momentum must be in [0, 1), got {self.center_momentum} (paper: 0.9)")
-        need(0 <= self.momentum < 1,
-             f"momentum must be in [0, 1), got {self.momentum} (paper: 0.996)")
-        need(self.momentum_schedule in MOMENTUM_SCHEDULES,
-             f"momentum_schedule must be one of {', '.join(MOMENTUM_SCHEDULES)}, "
-             f"got {self.momentum_schedule!r}")
+        problem = momentum_problem(self.momentum, self.momentum_schedule, "paper: 0.996")
+        need(problem is None, problem or "")
 
 
 def dino_views(image_size: int, n_local: int, local_size: int,

@@ -33,7 +33,7 @@ from ssl_zoo.errors import ConfigError
 from ssl_zoo.method import Method, MethodConfig, StepOutput, TrainContext
 from ssl_zoo.modules.distributed import gather_nograd, get_rank, get_world_size
 from ssl_zoo.modules.heads import mlp_head
-from ssl_zoo.modules.momentum import MOMENTUM_SCHEDULES, ema_update_, momentum_at, momentum_copy
+from ssl_zoo.modules.momentum import ema_update_, momentum_at, momentum_copy, momentum_problem
 from ssl_zoo.modules.queue import FeatureQueue
 
 
@@ -118,12 +118,10 @@ class MoCoConfig(MethodConfig):
         if not self.temperature > 0:
             raise ConfigError(f"method.temperature must be > 0, got {self.temperature} "
                               "(MoCo v2 uses 0.2)")
-        if not 0 <= self.momentum < 1:
-            raise ConfigError(f"method.momentum must be in [0, 1), got {self.momentum} "
-                              "(0.99 for short runs, 0.999 for long ones)")
-        if self.momentum_schedule not in MOMENTUM_SCHEDULES:
-            raise ConfigError(f"method.momentum_schedule must be one of "
-                              f"{', '.join(MOMENTUM_SCHEDULES)}, got {self.momentum_schedule!r}")
+        problem = momentum_problem(self.momentum, self.momentum_schedule,
+                                   "0.99 for short runs, 0.999 for long ones")
+        if problem:
+            raise ConfigError(f"method.{problem}")
         if self.proj_dim < 1 or self.proj_hidden_dim < 0:
             raise ConfigError("method.proj_dim must be >= 1 and method.proj_hidden_dim >= 0")
         if self.shuffle_bn_groups < 1:

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssl_zoo.data.views import Views, ViewSpec, multi_crop, require_crops
+from ssl_zoo.data.views import Views, ViewSpec, crop_list_problem, multi_crop, require_crops
 from ssl_zoo.errors import ConfigError
 from ssl_zoo.method import Method, MethodConfig, StepOutput, TrainContext
 from ssl_zoo.modules import distributed as D
@@ -57,19 +57,14 @@ from ssl_zoo.modules.state import host_counters
 def crops_for_assign_problem(crops_for_assign: Sequence[int], n_crops: int | None = None
                              ) -> str | None:
     """What is wrong with ``crops_for_assign`` for ``n_crops`` crops (None: not known yet), or
-    None: at least one crop, no crop twice, and indices in 0..n_crops-1 of >= 2 crops. The one
-    rule, raised as ConfigError by the config, the view-spec check and ``forward``, and as
-    ValueError by :func:`swapped_prediction_loss`."""
-    crops = tuple(crops_for_assign)
-    if not crops:
-        return "crops_for_assign must name at least one crop (the paper: (0, 1))"
-    if len(set(crops)) != len(crops):
-        return f"crops_for_assign has repeated crops: {crops}"
-    if n_crops is not None and (n_crops < 2 or not all(0 <= c < n_crops for c in crops)):
-        return (f"crops_for_assign {crops}: crop indices must be in 0..{n_crops - 1} for the "
-                f"{n_crops} crops of the view spec (need >= 2 crops); the paper uses (0, 1), "
-                f"the two global crops")
-    return None
+    None: the shared rule of a crop list (:func:`~ssl_zoo.data.views.crop_list_problem`) on a
+    view spec of >= 2 crops. The one rule, raised as ConfigError by the config, the view-spec
+    check and ``forward``, and as ValueError by :func:`swapped_prediction_loss`."""
+    if n_crops is not None and n_crops < 2:
+        problem = f"crops_for_assign: SwAV needs >= 2 crops, the view spec has {n_crops}"
+    else:
+        problem = crop_list_problem("crops_for_assign", crops_for_assign, n_crops)
+    return problem and f"{problem}; the paper uses (0, 1), the two global crops"
 
 
 def swapped_prediction_loss(scores_per_crop: Sequence[torch.Tensor],

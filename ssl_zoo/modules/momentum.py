@@ -16,6 +16,17 @@ from torch import nn
 MOMENTUM_SCHEDULES = ("constant", "cosine")
 
 
+def momentum_problem(momentum: float, schedule: str, hint: str) -> str | None:
+    """What is wrong with an EMA rate at step 0 and its schedule (None: nothing): the rate in
+    [0, 1) and a schedule of :data:`MOMENTUM_SCHEDULES`; ``hint`` names the usual values."""
+    if not 0 <= momentum < 1:
+        return f"momentum must be in [0, 1), got {momentum} ({hint})"
+    if schedule not in MOMENTUM_SCHEDULES:
+        return (f"momentum_schedule must be one of {', '.join(MOMENTUM_SCHEDULES)}, "
+                f"got {schedule!r}")
+    return None
+
+
 def momentum_copy(module: nn.Module) -> nn.Module:
     """A deep copy of ``module`` whose parameters are frozen (``requires_grad=False``).
 

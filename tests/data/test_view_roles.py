@@ -113,3 +113,27 @@ def test_a_config_saved_before_roles_resumes_unchanged(tmp_path):
         saved["views"]["groups"][1]["role"] = "local"
         (tmp_path / "config.json").write_text(json.dumps(saved))
         resume(tmp_path, ["views.groups.1.role=global"], open_data=False)
+
+
+def test_crop_list_problem_and_the_two_views_check():
+    """The shared rule of a method's crop list (SwAV's and DeepCluster-v2's crops_for_assign)
+    and the two-views check (Barlow Twins, VICReg), by hand."""
+    import pytest
+
+    from ssl_zoo.data.views import CropGroup, ViewSpec, crop_list_problem, require_two_views
+    from ssl_zoo.errors import ConfigError
+
+    assert crop_list_problem("crops_for_assign", (0, 1), 2) is None
+    assert crop_list_problem("crops_for_assign", (1,)) is None  # crop count not known yet
+    assert "at least one crop" in crop_list_problem("crops_for_assign", ())
+    assert "twice" in crop_list_problem("crops_for_assign", (0, 0), 4)
+    assert "0..1" in crop_list_problem("crops_for_assign", (0, 2), 2)
+    assert "0..3" in crop_list_problem("crops_for_assign", (-1,), 4)
+
+    pair = ViewSpec(groups=[CropGroup(count=1, size=16), CropGroup(count=1, size=16)])
+    require_two_views(pair, "X")
+    for bad in ([CropGroup(count=2, size=16), CropGroup(count=1, size=8)],
+                [CropGroup(count=1, size=16), CropGroup(count=1, size=8)],
+                [CropGroup(count=3, size=16)]):
+        with pytest.raises(ConfigError, match="^X trains on exactly 2 crops of one size"):
+            require_two_views(ViewSpec(groups=bad), "X")

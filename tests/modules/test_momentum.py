@@ -97,3 +97,16 @@ def test_cosine_schedule_is_monotone_between_base_and_one(base, total):
 def test_unknown_schedule():
     with pytest.raises(ValueError, match="cosine"):
         momentum_at(0, 10, 0.9, "linear")
+
+
+def test_momentum_problem_names_what_is_wrong():
+    from ssl_zoo.modules.momentum import MOMENTUM_SCHEDULES, momentum_problem
+
+    for schedule in MOMENTUM_SCHEDULES:
+        assert momentum_problem(0.0, schedule, "h") is None
+        assert momentum_problem(0.999, schedule, "h") is None
+    assert momentum_problem(1.0, "cosine", "paper: 0.996") == \
+        "momentum must be in [0, 1), got 1.0 (paper: 0.996)"
+    assert "[0, 1)" in momentum_problem(-0.1, "cosine", "h")
+    assert momentum_problem(0.9, "linear", "h") == \
+        "momentum_schedule must be one of constant, cosine, got 'linear'"

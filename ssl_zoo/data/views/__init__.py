@@ -70,12 +70,15 @@ from ssl_zoo.data.views.spec import (
     CropGroup,
     Views,
     ViewSpec,
+    crop_list_problem,
     require_crops,
+    require_two_views,
     sized_roles,
 )
 
 __all__ = [
-    "AUTO_ROLE", "ROLES", "require_crops", "sized_roles",
+    "AUTO_ROLE", "ROLES", "crop_list_problem", "require_crops", "require_two_views",
+    "sized_roles",
     "BLUR_TRUNCATE_SIGMAS", "CIFAR_MEAN", "CIFAR_STD", "CROP_ATTEMPTS", "EVAL_CROP_FRACTION",
     "GRAY_WEIGHTS", "IMAGENET_MEAN", "IMAGENET_STD", "SOLARIZE_THRESHOLD", "UNIFORMS_PER_CROP",
     "CropGroup", "GroupParams", "Uniforms", "ViewSpec", "Views", "adjust_hue", "augment_group",

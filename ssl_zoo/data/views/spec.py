@@ -122,6 +122,31 @@ class ViewSpec:
         return [i for i, r in enumerate(self.crop_roles()) if r == role]
 
 
+def crop_list_problem(name: str, crops: Sequence[int], n_crops: int | None = None
+                      ) -> str | None:
+    """What is wrong with a method's list of crop indices ``name`` (e.g. ``crops_for_assign``)
+    for ``n_crops`` crops (None: not known yet), or None: at least one crop, none twice, each an
+    index in 0..n_crops-1 of the view spec's crops."""
+    crops = tuple(crops)
+    if not crops:
+        return f"{name} must name at least one crop, e.g. (0, 1)"
+    if len(set(crops)) != len(crops):
+        return f"{name} lists a crop twice: {crops}"
+    if n_crops is not None and not all(0 <= c < n_crops for c in crops):
+        return (f"{name} {crops}: crop indices must be in 0..{n_crops - 1} for the {n_crops} "
+                "crops of the view spec")
+    return None
+
+
+def require_two_views(spec: ViewSpec, method: str) -> None:
+    """A one-line ConfigError unless ``spec`` makes exactly 2 crops of one size (the two views
+    of Barlow Twins and VICReg)."""
+    if spec.num_crops != 2 or len({g.size for g in spec.groups if g.count > 0}) != 1:
+        raise ConfigError(f"{method} trains on exactly 2 crops of one size, got counts "
+                          f"{[g.count for g in spec.groups]} and sizes "
+                          f"{[g.size for g in spec.groups]}")
+
+
 def require_crops(spec: ViewSpec, role: str, at_least: int, method: str) -> list[int]:
     """The indices of ``spec``'s ``role`` crops, or a one-line ConfigError when there are fewer
     than ``at_least`` (for a method's ``check_views``: DINO's teacher needs 2 global crops)."""
