@@ -1,20 +1,21 @@
-"""All four methods and random initialisation under one budget, through `ssl-zoo compare`.
+"""Every method and random initialisation under one budget, through `ssl-zoo compare`.
 
-    python benchmarks/bench_compare.py [--n-train 10000] [--minutes 15 | --epochs 10]
-                                       [--seeds 0] [--parallel 2] [--out DIR]
+    python benchmarks/bench_compare.py [--n-train 10000] [--minutes 10 | --epochs N]
+                                       [--seeds 0,1] [--parallel 2] [--methods ...] [--out DIR]
+                                       [--set train.eval_every_epochs=4]
 
-Trains every method on the first N images of the shared CIFAR-10 subset (our ``npz:`` source)
-with the same backbone, batch and seed(s), for the same number of minutes of training
-(``compare --minutes``: each method's epochs fixed from a timed warm-up) or of epochs; evaluates
-each with the harness (kNN both protocols every epoch and at the end, linear probe, k-means NMI
-on the 10,000 test images) and copies ``comparison.json`` and its three charts into
-``benchmarks/results/``.
+Trains every method (default: all ten built in) on the first N images of the shared CIFAR-10
+subset (our ``npz:`` source) with the same backbone and seed(s), each with its own defaults, for
+the same number of minutes of training (``compare --minutes``: each run's epochs fixed from a
+timed warm-up) or of epochs; evaluates each with the harness (kNN both protocols periodically and
+at the end, linear probe, k-means NMI on the 10,000 test images) and copies ``comparison.json``
+and its three charts into ``benchmarks/results/``.
 
-``--parallel 2`` runs two ``ssl-zoo compare`` processes at a time into the same folder, each
-with one thread and half of the methods (on a 2-core machine every method then trains on one
-core, and each is timed under the same load); a last ``compare`` over all methods finds every
-run finished and writes the joint table. ``--parallel 1`` trains them one after another with
-all threads.
+``--parallel N`` keeps N ``ssl-zoo compare`` processes busy, each with one thread and one
+(method, seed) at a time, seeds outermost (every method has its first seed before any has its
+second); on a 2-core machine with N=2 every run trains on one core under the same load. A last
+``compare`` over every method and seed finds each run finished and writes the joint table.
+Runs are kept in ``--out``, so a stopped benchmark continues where it was.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import os
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -32,6 +34,7 @@ from _common import RESULTS, SHARED_NPZ, write_result  # noqa: E402
 from bench_swav import prepared_subset  # noqa: E402
 
 CHARTS = ("knn_per_epoch.png", "knn_per_minute.png", "final_metrics.png")
+METHODS = ("swav,simclr,moco,pcl,dino,byol,barlowtwins,vicreg,deepclusterv2,selav2")
 
 
 def main() -> None:
@@ -41,9 +44,9 @@ def main() -> None:
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--minutes", type=float, default=None)
     budget.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--seeds", default="0")
-    p.add_argument("--methods", default="swav,simclr,moco,pcl")
-    p.add_argument("--parallel", type=int, default=1, choices=(1, 2))
+    p.add_argument("--seeds", default="0,1")
+    p.add_argument("--methods", default=METHODS)
+    p.add_argument("--parallel", type=int, default=1)
     p.add_argument("--out", type=Path, default=Path("runs/bench_compare"),
                    help="keep the runs here (resumable)")
     p.add_argument("--set", action="append", default=[])
@@ -51,7 +54,7 @@ def main() -> None:
     if not args.npz.is_file():
         sys.exit(f"data file not found: {args.npz} (pass --npz)")
     if args.minutes is None and args.epochs is None:
-        args.minutes = 15.0
+        args.minutes = 10.0
     out = args.out
     npz = prepared_subset(args.npz, args.n_train, out)
     amount = (["--minutes", str(args.minutes)] if args.minutes is not None
@@ -60,14 +63,24 @@ def main() -> None:
               "--set", "eval.pictures=false"] + [x for s in args.set for x in ("--set", s)]
     methods = [m for m in args.methods.split(",") if m]
     base = [sys.executable, "-m", "ssl_zoo", "compare"]
-    if args.parallel == 2:
+    if args.parallel > 1:
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-        halves = [methods[0::2], methods[1::2]]
-        procs = [subprocess.Popen([*base, "--methods", ",".join(h), *common], env=env,
-                                  stdout=open(out / f"part{i}.log", "w"), stderr=subprocess.STDOUT)
-                 for i, h in enumerate(halves) if h]
-        if any(pr.wait() for pr in procs):
-            sys.exit(f"a compare process failed; see {out}/part*.log")
+        logs = out / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        seed_list = [s for s in args.seeds.split(",") if s]
+        items = [(m, s) for s in seed_list for m in methods]
+
+        def one(item: tuple[str, str]) -> int:
+            m, s = item
+            cmd = [*base, "--methods", m, *common]
+            cmd[cmd.index("--seeds") + 1] = s
+            with open(logs / f"{m}_seed{s}.log", "w") as log:
+                return subprocess.call(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+        with ThreadPoolExecutor(args.parallel) as pool:
+            failed = [it for it, rc in zip(items, pool.map(one, items)) if rc]
+        if failed:
+            sys.exit(f"compare failed for {failed}; see {logs}/")
     subprocess.run([*base, "--methods", ",".join(methods), *common], check=True)
     result = json.loads((out / "comparison.json").read_text())
     for png in CHARTS:
@@ -78,10 +91,13 @@ def main() -> None:
             r.pop("config", None)
             r.pop("run_dir", None)
     result["budget"]["dataset"] = f"first {args.n_train} images of the shared CIFAR-10 subset"
-    how = ("two methods at a time, one thread each" if args.parallel == 2
-           else "one method at a time, all threads")
-    spent = (f"{args.minutes:g} minutes of training per method (epochs fixed from a timed "
-             f"warm-up; periodic kNN not counted)" if args.minutes is not None
+    how = (f"{args.parallel} runs at a time, one thread each" if args.parallel > 1
+           else "one run at a time, all threads")
+    every = next((x.split("=", 1)[1] for x in args.set
+                  if x.startswith("train.eval_every_epochs=")), "1")
+    spent = (f"{args.minutes:g} minutes of training per run (epochs fixed from a timed "
+             f"warm-up; periodic kNN every {every} epoch(s), not counted)"
+             if args.minutes is not None
              else f"{args.epochs} epochs")
     write_result("compare", {
         "what": (f"ssl-zoo compare, first {args.n_train} images of the shared CIFAR-10 subset, "

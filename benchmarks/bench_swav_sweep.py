@@ -121,9 +121,10 @@ def run_logged(log: Path, runs: list[dict], todo: list, work, jobs: int) -> None
         list(pool.map(one, todo))
 
 
-def train_one(npz: Path, epochs: int, sets: list[str], seed: int, out: Path) -> dict:
-    """One seeded ``ssl-zoo train`` on one thread; kNN only."""
-    cmd = [sys.executable, "-m", "ssl_zoo", "train", "--method", "swav", "--dataset",
+def train_one(npz: Path, epochs: int, sets: list[str], seed: int, out: Path,
+              method: str = "swav") -> dict:
+    """One seeded ``ssl-zoo train`` of ``method`` on one thread; kNN only."""
+    cmd = [sys.executable, "-m", "ssl_zoo", "train", "--method", method, "--dataset",
            f"npz:{npz}", "--epochs", str(epochs), "--out", str(out), "--no-progress",
            "--set", f"train.seed={seed}", "--set", "eval.linear=false",
            "--set", "eval.pictures=false", "--set", "eval.clustering=false",

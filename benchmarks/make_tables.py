@@ -155,6 +155,13 @@ def table_claims(r: dict) -> str:
     return "\n".join(lines)
 
 
+def table_multicrop(r: dict) -> str:
+    """The claims table, with what multi-crop costs per epoch for each method."""
+    cost = ", ".join(f"{c['method']} {c['time_ratio']:.2f}x" for c in r["claims"]
+                     if c.get("time_ratio"))
+    return table_claims(r) + (f"\n\nTime per epoch, multi-crop / 2 crops: {cost}." if cost else "")
+
+
 def table_sweep(r: dict) -> str:
     lines = ["| setting | changes | seeds | kNN k=20 mean | sd | min-max | vs base, same seeds | "
              "final loss | images/s |", "|---|---|---|---|---|---|---|---|---|"]
@@ -288,7 +295,8 @@ TABLES = {"views": table_views, "folder": table_folder, "folder_cuda": table_fol
           "canvas": table_canvas,
           "knn": table_knn,
           "swav_vs_lightly": table_swav,
-          "compare": table_compare, "swav_claims": table_claims, "swav_sweep": table_sweep,
+          "compare": table_compare, "swav_claims": table_claims,
+          "multicrop_claims": table_multicrop, "swav_sweep": table_sweep,
           "loss_scaling_cpu": table_loss_scaling, "ddp_cpu": table_ddp, "step": table_step,
           "eval_scale": table_eval_scale, "clustering_demo": table_clustering_demo}
 
