@@ -219,7 +219,10 @@ def knn_bands(curves: Mapping[str, Sequence[tuple[float, float, float, float]]],
         ax.axhline(floor, color="grey", ls="--", lw=1, label="random init")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.legend(frameon=False, fontsize=8)
+    if len(curves) > 5:  # many lines: the legend beside the axes, where it covers none
+        ax.legend(frameon=False, fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    else:
+        ax.legend(frameon=False, fontsize=8)
     ax.grid(alpha=0.3)
     return _save(fig, path)
 

@@ -84,6 +84,17 @@ def test_curves_and_bars(tmp_path):
     assert bars.shape[1] > one.shape[1]  # wider with more methods
 
 
+def test_many_curves_put_the_legend_beside_the_axes(tmp_path):
+    def curves(n):
+        return {f"method{i}": [(1, 0.3 + 0.01 * i, 0.3, 0.3 + 0.02 * i), (2, 0.4, 0.4, 0.4)]
+                for i in range(n)}
+
+    few = opened(plots.knn_bands(curves(5), tmp_path / "few.png", xlabel="epoch", floor=0.3))
+    many = opened(plots.knn_bands(curves(6), tmp_path / "many.png", xlabel="epoch", floor=0.3))
+    assert many.shape[0] == few.shape[0]  # same height: the axes are the same size
+    assert many.shape[1] > few.shape[1] * 1.15  # the legend's column is added on the right
+
+
 def test_backend_is_agg_and_no_figure_is_left_open(tmp_path):
     import matplotlib
     import matplotlib.pyplot as plt
