@@ -179,7 +179,12 @@ def test_epoch_start_fills_the_memory_and_assigns_by_spherical_kmeans():
         protos = m.prototypes[h].weight
         assert protos.shape == (k, 8) and not protos.requires_grad
         # the centroids are the prototypes; each image sits at its nearest (cosine) centroid
-        assert torch.equal((expected @ protos.t()).argmax(1), m.assignments[h])
+        # (up to float rounding: `expected` is recomputed, and equals the memory to 1e-4, so a
+        # near tie between two centroids may fall either way)
+        scores = expected @ protos.t()
+        assigned = scores.gather(1, m.assignments[h][:, None]).squeeze(1)
+        assert (assigned >= scores.max(1).values - 1e-4).all()
+        assert (scores.argmax(1) == m.assignments[h]).float().mean() > 0.9
         ref = KMeans(n_clusters=k, n_init=5, random_state=0).fit(expected.double().numpy())
         assert normalized_mutual_info_score(ref.labels_, m.assignments[h].numpy()) > 0.6
 
