@@ -19,6 +19,9 @@ stays fast:
   to an uninterrupted one;
 - :func:`check_method`: all three.
 
+:func:`float32_noise` says whether a setting of the distributed check tests logic or float
+rounding (large steps amplify rounding; a failed check reports it).
+
 The method class must be importable by its module path (defined at module level in a module on
 ``sys.path``, or loaded from a file with ``--method file.py:Class``): the distributed and resume
 checks rebuild it in other processes. ``config`` (the method's ``Config`` instance) and ``sets``
@@ -358,6 +361,47 @@ def _build(spec: str, config: dict[str, Any]) -> Method:
     return cls(TinyNet(), TinyNet.feature_dim, from_dict(cls.Config, config, "method"))
 
 
+def _tolerance_used(got: dict[str, torch.Tensor], exact: dict[str, torch.Tensor], rtol: float,
+                   atol: float) -> tuple[float, str]:
+    """(largest ``|got - exact| / (atol + rtol |exact|)`` over the floating entries, its key):
+    the share of :func:`torch.testing.assert_close`'s tolerance used (above 1 fails)."""
+    worst = (0.0, "")
+    for key, value in exact.items():
+        if value.is_floating_point():
+            used = ((got[key].double() - value.double()).abs()
+                    / (atol + rtol * value.double().abs())).max().item()
+            worst = max(worst, (used, key))
+    return worst
+
+
+def float32_noise(method_cls: type[Method], config: MethodConfig | None = None, *,
+                  sizes: Sequence[tuple[int, int]] | None = None, batch: int = 8,
+                  steps: int = 3, rtol: float = 1e-4, atol: float = 1e-5) -> tuple[float, str]:
+    """How much of :func:`check_two_ranks_equal_one`'s tolerance float32 rounding alone uses
+    in the same setting: one process's state after ``steps`` steps in float32 against the
+    same steps in float64, as (share of the tolerance, worst state entry). Two ranks sum in
+    another order than one process, so they can differ by about this much with no logic
+    difference; a setting where it is near 1 (large steps that amplify rounding) tests float
+    noise, not the method: take smaller steps (a loss scale, fewer steps) there."""
+    config = config if config is not None else method_cls.Config()
+    sizes = _check_sizes(method_cls, config, sizes)
+    groups, index = make_inputs(batch, sizes)
+    build = functools.partial(_build, method_spec(method_cls), to_dict(config))
+    _, single = run_steps(build, groups, index, 0, 1, steps)
+    _, exact = run_steps(lambda: build().double(), [g.double() for g in groups], index, 0, 1,
+                         steps)
+    return _tolerance_used(single, exact, rtol, atol)
+
+
+def _check_sizes(method_cls: type[Method], config: MethodConfig,
+                 sizes: Sequence[tuple[int, int]] | None) -> Sequence[tuple[int, int]]:
+    """``sizes``, or the method's default view spec's (count, size) groups at the kit's size."""
+    if sizes is not None:
+        return sizes
+    spec = method_cls.default_views(config, TINY_SIZE)
+    return [(g.count, g.size) for g in spec.groups if g.count]
+
+
 def check_two_ranks_equal_one(method_cls: type[Method], config: MethodConfig | None = None, *,
                               sizes: Sequence[tuple[int, int]] | None = None, batch: int = 8,
                               steps: int = 3, rtol: float = 1e-4, atol: float = 1e-5) -> None:
@@ -367,9 +411,7 @@ def check_two_ranks_equal_one(method_cls: type[Method], config: MethodConfig | N
     (no batch norm); the crops are fixed random tensors, per group ``(count, size)`` of
     ``sizes`` (default: the method's default view spec at 16 px)."""
     config = config if config is not None else method_cls.Config()
-    if sizes is None:
-        spec = method_cls.default_views(config, TINY_SIZE)
-        sizes = [(g.count, g.size) for g in spec.groups if g.count]
+    sizes = _check_sizes(method_cls, config, sizes)
     groups, index = make_inputs(batch, sizes)
     build = functools.partial(_build, method_spec(method_cls), to_dict(config))
     (losses, state), ranks = compare_one_vs_two(build, groups, index, steps)
@@ -385,12 +427,30 @@ def check_two_ranks_equal_one(method_cls: type[Method], config: MethodConfig | N
                 try:
                     torch.testing.assert_close(other, value, rtol=rtol, atol=atol)
                 except AssertionError as exc:
+                    hint = _noise_hint(method_cls, config, sizes, batch, steps, rtol, atol)
                     raise AssertionError(f"{who}: {key} after {steps} steps differs between "
-                                         f"rank {r} of 2 and one process: {exc}") from None
+                                         f"rank {r} of 2 and one process: {exc}{hint}") from None
             else:
                 assert torch.equal(other, value), (
                     f"{who}: {key} after {steps} steps differs between rank {r} of 2 and one "
                     "process")
+
+
+def _noise_hint(method_cls, config, sizes, batch, steps, rtol, atol) -> str:
+    """For a failed comparison: whether float32 rounding alone already exceeds the tolerance
+    in this setting (then the failure may be noise, not logic), or "" if it cannot tell."""
+    try:
+        used, key = float32_noise(method_cls, config, sizes=sizes, batch=batch, steps=steps,
+                                  rtol=rtol, atol=atol)
+    except Exception:  # a method that cannot run in float64: no hint
+        return ""
+    if used < 0.5:
+        return (f"\n(float32 rounding alone uses {used:.2f} of the tolerance here, so this is a "
+                "logic difference between ranks, not rounding)")
+    return (f"\n(float32 rounding alone, one process against float64, uses {used:.1f}x the "
+            f"tolerance on {key} in this setting: the steps amplify rounding, so this may be "
+            "summation order, not logic; check with smaller steps, e.g. a loss scale or fewer "
+            "steps, until float32_noise() is well under 1)")
 
 
 # --------------------------------------------------------------------------------------------

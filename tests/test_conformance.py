@@ -30,6 +30,17 @@ def test_two_ranks_equal_one_process(name):
 
 
 @pytest.mark.parametrize("name", ALL_METHODS)
+def test_the_two_ranks_setting_tests_logic_not_float_rounding(name):
+    # one process in float32 against float64 in the 2-ranks check's own setting: if rounding
+    # alone came near the tolerance, that check would pass or fail by summation order
+    cls = registry.get_method(name)
+    two = dict(_options(name).get("two_ranks", {}))
+    config = cls.Config(**two.pop("config", {}))
+    used, key = testing.float32_noise(cls, config, **two)
+    assert used < 0.25, f"{name}: float32 rounding uses {used:.2f} of the tolerance on {key}"
+
+
+@pytest.mark.parametrize("name", ALL_METHODS)
 def test_a_run_killed_with_sigkill_resumes_bit_identical(name, tmp_path):
     testing.check_exact_resume(registry.get_method(name), sets=_options(name).get("sets", ()),
                                directory=tmp_path)
