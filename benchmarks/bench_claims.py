@@ -62,18 +62,47 @@ def verdict(a: dict, b: dict) -> tuple[str, float, float]:
     return "within seed noise", diff, noise
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def seed_summary(mine: list[dict]) -> dict:
+    """One variant's finished runs (one per seed) summarised: seeds, kNN stats, mean loss."""
+    return {"seeds": sorted(r["seed"] for r in mine),
+            "knn_k20": stats([r["knn_k20"] for r in mine]),
+            "knn_k200": stats([r["knn_k200"] for r in mine]),
+            "final_loss": statistics.fmean(r["final_loss"] for r in mine)}
+
+
+def write_claims(name: str, setting: str, runs: list[dict], rows: list[dict]) -> None:
+    """``results/NAME.json``: the claim rows, the random-init floor of ``runs`` and what was
+    measured (``setting``, then the protocol and the verdict rule every claims table shares)."""
+    floors = [r["random_init_k20"] for r in runs if "random_init_k20" in r]
+    write_result(name, {
+        "what": (f"{setting}; kNN top-1 on the 10,000 test images, mean ± sd (min-max) over "
+                 f"seeds; 'holds' only when the difference of means exceeds the larger max-min "
+                 f"range"),
+        "random_init_knn_k20": stats(floors) if floors else None, "claims": rows})
+
+
+def claims_parser(doc: str, out: str) -> argparse.ArgumentParser:
+    """The options every claims benchmark takes (data, budget, seeds, parallel runs, folder)."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
     p.add_argument("--npz", type=Path, default=SHARED_NPZ)
     p.add_argument("--n-train", type=int, default=5000)
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--jobs", type=int, default=2)
-    p.add_argument("--out", type=Path, default=Path("runs/swav_claims"))
+    p.add_argument("--out", type=Path, default=Path(out))
+    return p
+
+
+def claims_args(p: argparse.ArgumentParser) -> tuple[argparse.Namespace, list[int]]:
+    """Parsed options and the seeds; exits with one line when the data file is missing."""
     args = p.parse_args()
     if not args.npz.is_file():
         sys.exit(f"data file not found: {args.npz} (pass --npz)")
-    seeds = [int(s) for s in args.seeds.split(",")]
+    return args, [int(s) for s in args.seeds.split(",")]
+
+
+def main() -> None:
+    args, seeds = claims_args(claims_parser(__doc__, "runs/swav_claims"))
     npz = prepared_subset(args.npz, args.n_train, args.out)
     log = args.out / "results.jsonl"
     budget = {"n_train": args.n_train, "epochs": args.epochs}
@@ -95,10 +124,7 @@ def main() -> None:
     def summary(name: str) -> dict:
         mine = [r for r in runs if r["variant"] == name]
         return {"variant": name, "label": VARIANTS[name][0], "overrides": VARIANTS[name][1],
-                "seeds": sorted(r["seed"] for r in mine),
-                "knn_k20": stats([r["knn_k20"] for r in mine]),
-                "knn_k200": stats([r["knn_k200"] for r in mine]),
-                "final_loss": statistics.fmean(r["final_loss"] for r in mine)}
+                **seed_summary(mine)}
 
     rows = []
     for claim, a, b in CLAIMS:
@@ -106,14 +132,11 @@ def main() -> None:
         word, diff, noise = verdict(va["knn_k20"], vb["knn_k20"])
         rows.append({"claim": claim, "variants": [va, vb], "verdict": word,
                      "difference": diff, "seed_spread": noise})
-    floors = [r["random_init_k20"] for r in runs if "random_init_k20" in r]
-    write_result("swav_claims", {
-        "what": (f"SwAV ablations, small ConvNet, first {args.n_train} images of the shared "
-                 f"CIFAR-10 subset, {args.epochs} epochs, batch 128 unless stated, Adam, "
-                 f"seeds {args.seeds} per variant ({args.jobs} runs at a time, one thread each); "
-                 f"kNN top-1 on the 10,000 test images, mean ± sd (min-max) over seeds; "
-                 f"'holds' only when the difference of means exceeds the larger max-min range"),
-        "random_init_knn_k20": stats(floors) if floors else None, "claims": rows})
+    write_claims("swav_claims",
+                 f"SwAV ablations, small ConvNet, first {args.n_train} images of the shared "
+                 f"CIFAR-10 subset, {args.epochs} epochs, batch 128 unless stated, Adam, seeds "
+                 f"{args.seeds} per variant ({args.jobs} runs at a time, one thread each)",
+                 runs, rows)
 
 
 if __name__ == "__main__":

@@ -19,14 +19,18 @@ e.g. from a job queue, and the summary is written from every finished run).
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import SHARED_NPZ, write_result  # noqa: E402
-from bench_claims import stats, verdict  # noqa: E402
+from bench_claims import (  # noqa: E402
+    claims_args,
+    claims_parser,
+    seed_summary,
+    verdict,
+    write_claims,
+)
 from bench_swav import prepared_subset  # noqa: E402
 from bench_swav_sweep import logged_runs, run_logged, train_one  # noqa: E402
 
@@ -42,19 +46,10 @@ LABELS = {"2crops": "2 crops (2x32)", "multi": "2x32 + 4x16 (multi-crop)"}
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--npz", type=Path, default=SHARED_NPZ)
-    p.add_argument("--n-train", type=int, default=5000)
-    p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--seeds", default="0,1,2")
+    p = claims_parser(__doc__, "runs/multicrop")
     p.add_argument("--methods", default=",".join(VARIANTS))
-    p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--only", default="", help="METHOD/VARIANT/SEED,...: run just these")
-    p.add_argument("--out", type=Path, default=Path("runs/multicrop"))
-    args = p.parse_args()
-    if not args.npz.is_file():
-        sys.exit(f"data file not found: {args.npz} (pass --npz)")
-    seeds = [int(s) for s in args.seeds.split(",")]
+    args, seeds = claims_args(p)
     methods = [m for m in args.methods.split(",") if m]
     unknown = sorted(set(methods) - set(VARIANTS))
     if unknown:
@@ -88,11 +83,8 @@ def main() -> None:
             return None
         return {"variant": variant, "label": LABELS[variant],
                 "overrides": VARIANTS[method][0 if variant == "2crops" else 1],
-                "seeds": sorted(r["seed"] for r in mine),
-                "knn_k20": stats([r["knn_k20"] for r in mine]),
-                "knn_k200": stats([r["knn_k200"] for r in mine]),
-                "images_per_s": statistics.fmean(r["images_per_s"] for r in mine),
-                "final_loss": statistics.fmean(r["final_loss"] for r in mine)}
+                **seed_summary(mine),
+                "images_per_s": statistics.fmean(r["images_per_s"] for r in mine)}
 
     rows = []
     for m in methods:
@@ -104,15 +96,11 @@ def main() -> None:
                      "variants": [multi, two], "verdict": word, "difference": diff,
                      "seed_spread": noise,
                      "time_ratio": two["images_per_s"] / multi["images_per_s"]})
-    floors = [r["random_init_k20"] for r in runs if "random_init_k20" in r]
-    write_result("multicrop_claims", {
-        "what": (f"multi-crop against 2 crops at equal epochs, small ConvNet, first "
-                 f"{args.n_train} images of the shared CIFAR-10 subset, {args.epochs} epochs, each "
-                 f"method's defaults apart from the crops, seeds {args.seeds} per variant "
-                 f"({args.jobs} runs at a time, one thread each); kNN top-1 on the 10,000 test "
-                 f"images, mean ± sd (min-max) over seeds; 'holds' only when the difference of "
-                 f"means exceeds the larger max-min range"),
-        "random_init_knn_k20": stats(floors) if floors else None, "claims": rows})
+    write_claims("multicrop_claims",
+                 f"multi-crop against 2 crops at equal epochs, small ConvNet, first "
+                 f"{args.n_train} images of the shared CIFAR-10 subset, {args.epochs} epochs, "
+                 f"each method's defaults apart from the crops, seeds {args.seeds} per variant "
+                 f"({args.jobs} runs at a time, one thread each)", runs, rows)
 
 
 if __name__ == "__main__":
