@@ -211,16 +211,27 @@ def _stats(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def mean_curve(curves: list[list[dict[str, float]]]) -> list[dict[str, float]]:
-    """Per evaluated epoch (present in every seed): mean/min/max kNN and mean training time."""
-    common = set.intersection(*({p["epoch"] for p in c} for c in curves)) if curves else set()
-    out = []
-    for epoch in sorted(common):
-        pts = [next(p for p in reversed(c) if p["epoch"] == epoch) for c in curves]
+    """Per evaluated epoch present in every seed: mean/min/max kNN and mean training time.
+    Where the seeds ended at different epochs (a ``--minutes`` budget plans each seed's epochs
+    from its own warm-up), their final points are not all at a common epoch, so one more point
+    closes the curve: the seeds' final kNN (what the table reports) at their mean final epoch
+    and mean training time, marked ``"final": True``."""
+    if not curves or not all(curves):
+        return []
+    common = set.intersection(*({p["epoch"] for p in c} for c in curves))
+
+    def point(pts: list[dict[str, float]], epoch: float) -> dict[str, Any]:
         ks = [p["knn_top1"] for p in pts]
         ts = [p["train_s"] for p in pts if p.get("train_s") is not None]
-        out.append({"epoch": epoch, "knn_mean": statistics.fmean(ks), "knn_min": min(ks),
-                    "knn_max": max(ks),
-                    "train_s": statistics.fmean(ts) if len(ts) == len(pts) else None})
+        return {"epoch": epoch, "knn_mean": statistics.fmean(ks), "knn_min": min(ks),
+                "knn_max": max(ks),
+                "train_s": statistics.fmean(ts) if len(ts) == len(pts) else None}
+
+    out = [point([next(p for p in reversed(c) if p["epoch"] == epoch) for c in curves], epoch)
+           for epoch in sorted(common)]
+    finals = [c[-1] for c in curves]
+    if len({p["epoch"] for p in finals}) > 1:
+        out.append(point(finals, statistics.fmean(p["epoch"] for p in finals)) | {"final": True})
     return out
 
 

@@ -33,6 +33,33 @@ def test_spread_against_numpy(values):
         assert s["sd"] == pytest.approx(a.std(ddof=1), abs=1e-6)
 
 
+def _curve(points):
+    return [{"epoch": e, "train_s": t, "knn_top1": k} for e, t, k in points]
+
+
+def test_mean_curve_closes_with_the_seeds_final_points_when_their_epochs_differ():
+    # seed 0: periodic kNN at 4, 8, 12, final at 16; seed 1: periodic at 4, 8, final at 11
+    a = _curve([(4, 60.0, 0.30), (8, 120.0, 0.40), (12, 180.0, 0.45), (16, 240.0, 0.50)])
+    b = _curve([(4, 70.0, 0.32), (8, 140.0, 0.38), (11, 190.0, 0.44)])
+    got = compare.mean_curve([a, b])
+    assert [p["epoch"] for p in got] == [4, 8, 13.5]
+    assert got[1] == {"epoch": 8, "knn_mean": pytest.approx(0.39), "knn_min": 0.38,
+                      "knn_max": 0.40, "train_s": pytest.approx(130.0)}
+    assert got[-1]["final"] is True
+    assert got[-1]["knn_mean"] == pytest.approx(0.47)
+    assert (got[-1]["knn_min"], got[-1]["knn_max"]) == (0.44, 0.50)
+    assert got[-1]["train_s"] == pytest.approx(215.0)
+
+
+def test_mean_curve_of_seeds_ending_together_has_no_extra_point():
+    a = _curve([(4, 60.0, 0.30), (8, 120.0, 0.40)])
+    b = _curve([(4, 61.0, 0.20), (8, 125.0, 0.50)])
+    got = compare.mean_curve([a, b])
+    assert [p["epoch"] for p in got] == [4, 8]
+    assert "final" not in got[-1]
+    assert compare.mean_curve([a, []]) == []
+
+
 def test_spread_of_nothing_is_none():
     assert compare.spread([None, None]) is None
 
