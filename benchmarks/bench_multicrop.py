@@ -45,6 +45,11 @@ VARIANTS = {
 LABELS = {"2crops": "2 crops (2x32)", "multi": "2x32 + 4x16 (multi-crop)"}
 
 
+def overrides(method: str, variant: str) -> list[str]:
+    """The --set assignments of ``method``'s ``variant`` ("2crops" or "multi")."""
+    return VARIANTS[method][0 if variant == "2crops" else 1]
+
+
 def main() -> None:
     p = claims_parser(__doc__, "runs/multicrop")
     p.add_argument("--methods", default=",".join(VARIANTS))
@@ -67,7 +72,7 @@ def main() -> None:
 
     def work(item):
         method, variant, seed = item
-        sets = VARIANTS[method][0 if variant == "2crops" else 1]
+        sets = overrides(method, variant)
         if method == methods[0] and variant == "2crops":
             sets = [*sets, "eval.baseline=true"]  # the random-init floor, once per seed
         res = train_one(npz, args.epochs, sets, seed,
@@ -82,7 +87,7 @@ def main() -> None:
         if not mine:
             return None
         return {"variant": variant, "label": LABELS[variant],
-                "overrides": VARIANTS[method][0 if variant == "2crops" else 1],
+                "overrides": overrides(method, variant),
                 **seed_summary(mine),
                 "images_per_s": statistics.fmean(r["images_per_s"] for r in mine)}
 

@@ -21,11 +21,16 @@ def test_no_host_sync_in_steady_state_steps(name, tmp_path):
                                  directory=tmp_path)
 
 
-@pytest.mark.parametrize("name", ALL_METHODS)
-def test_two_ranks_equal_one_process(name):
+def _two_ranks_setting(name: str) -> tuple[type, object, dict]:
+    """(method class, its config, the other keyword arguments) of the 2-ranks check."""
     cls = registry.get_method(name)
     two = dict(_options(name).get("two_ranks", {}))
-    config = cls.Config(**two.pop("config", {}))
+    return cls, cls.Config(**two.pop("config", {})), two
+
+
+@pytest.mark.parametrize("name", ALL_METHODS)
+def test_two_ranks_equal_one_process(name):
+    cls, config, two = _two_ranks_setting(name)
     testing.check_two_ranks_equal_one(cls, config, **two)
 
 
@@ -33,9 +38,7 @@ def test_two_ranks_equal_one_process(name):
 def test_the_two_ranks_setting_tests_logic_not_float_rounding(name):
     # one process in float32 against float64 in the 2-ranks check's own setting: if rounding
     # alone came near the tolerance, that check would pass or fail by summation order
-    cls = registry.get_method(name)
-    two = dict(_options(name).get("two_ranks", {}))
-    config = cls.Config(**two.pop("config", {}))
+    cls, config, two = _two_ranks_setting(name)
     used, key = testing.float32_noise(cls, config, **two)
     assert used < 0.25, f"{name}: float32 rounding uses {used:.2f} of the tolerance on {key}"
 
